@@ -1,0 +1,75 @@
+"""Every setting sparsert reads from the environment, typed, in one place.
+
+Read once per call of `settings()` (cheap), so tests can monkeypatch the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import OptionsError
+
+DEFAULT_ARCH = "sm_90"  # used when no GPU is present and no --arch is given (H100/H200)
+DEFAULT_HIP_ARCH = "gfx90a"
+
+
+def _int(name: str, default: int, minimum: int = 1) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise OptionsError(f"environment variable {name}={raw!r}: expected an integer") from None
+    if value < minimum:
+        raise OptionsError(f"environment variable {name}={value}: expected an integer >= {minimum}")
+    return value
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise OptionsError(f"environment variable {name}={raw!r}: expected 0/1/true/false")
+
+
+@dataclass(frozen=True)
+class Settings:
+    cache_dir: Path
+    """SPARSERT_CACHE_DIR: compiled-kernel cache (default ~/.cache/sparsert)."""
+    cache_enabled: bool
+    """SPARSERT_CACHE: 0 disables reading and writing the cache."""
+    default_arch: str
+    """SPARSERT_ARCH: CUDA arch used when no GPU is present and none is given (default sm_90)."""
+    hip_arch: str
+    """SPARSERT_HIP_ARCH: AMD target for HIP code objects (default gfx90a)."""
+    jobs: int
+    """SPARSERT_JOBS: parallel compiler processes (default: the machine's cores)."""
+    max_slab_nnz: int
+    """SPARSERT_MAX_SLAB_NNZ: nonzeros per compiled slab above which a kernel is split."""
+    hipcc: str
+    """SPARSERT_HIPCC: the hipcc executable."""
+    cxx: str
+    """SPARSERT_CXX: the host C++20 compiler used by the host (no-GPU) runner."""
+
+
+def settings() -> Settings:
+    cache = os.environ.get("SPARSERT_CACHE_DIR") or str(
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sparsert"
+    )
+    return Settings(
+        cache_dir=Path(cache).expanduser(),
+        cache_enabled=_bool("SPARSERT_CACHE", True),
+        default_arch=os.environ.get("SPARSERT_ARCH") or DEFAULT_ARCH,
+        hip_arch=os.environ.get("SPARSERT_HIP_ARCH") or DEFAULT_HIP_ARCH,
+        jobs=_int("SPARSERT_JOBS", os.cpu_count() or 1),
+        max_slab_nnz=_int("SPARSERT_MAX_SLAB_NNZ", 16384),
+        hipcc=os.environ.get("SPARSERT_HIPCC") or "hipcc",
+        cxx=os.environ.get("SPARSERT_CXX") or "g++",
+    )

@@ -1,0 +1,284 @@
+"""Planning: assign every nonzero of A to a (thread block, thread group), SparseRT-style.
+
+The `Schedule` is the one IR between planning and rendering: frozen, hashable, and complete
+(the renderer reads nothing else). Layout of the computation C = A @ B (A: M x K sparse, fixed):
+
+* a thread owns `vec` consecutive columns of N; `threads_x` threads side by side cover a tile of
+  `threads_x * vec` columns; blockIdx.y walks the tiles of N (tails guarded: loads are clamped
+  into range, stores masked);
+* a block owns up to `rows_per_block` rows of A (any rows, not only contiguous ones: rows are
+  dealt to blocks largest-first so every block carries about the same number of nonzeros);
+* inside a block, K is split among `groups` (Gy) thread groups by nonzero count; each group keeps
+  a partial sum per (row, column) in registers, and the partial sums meet in shared memory.
+
+Nonzeros are stored per group as three packed arrays (k, slot, float32 bits) sorted by (k, slot):
+bytes keep the plan compact and hashable even at millions of nonzeros.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import OptionsError, WeightError
+from .options import KernelOptions
+
+SHARED_MEMORY_BYTES = 48 * 1024  # static shared memory a block may use without opt-in
+ACCUMULATOR_BUDGET = 64  # rows_per_block * vec: registers of accumulators per thread
+
+
+@dataclass(frozen=True)
+class GroupWork:
+    """One thread group's unrolled work inside one block: its nonzeros in (k, slot) order."""
+
+    k: bytes  # int32 per nonzero: column of A = row of B
+    slot: bytes  # int32 per nonzero: index into the block's `rows`
+    bits: bytes  # uint32 per nonzero: the float32 weight, bit for bit
+
+    @property
+    def nnz(self) -> int:
+        return len(self.k) // 4
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (
+            np.frombuffer(self.k, dtype=np.int32),
+            np.frombuffer(self.slot, dtype=np.int32),
+            np.frombuffer(self.bits, dtype=np.uint32),
+        )
+
+
+@dataclass(frozen=True)
+class BlockWork:
+    rows: tuple[int, ...]  # output rows; accumulator slot i belongs to rows[i]
+    groups: tuple[GroupWork, ...]  # exactly `groups` entries (some may be empty)
+
+    @property
+    def nnz(self) -> int:
+        return sum(g.nnz for g in self.groups)
+
+    def slot_users(self) -> tuple[tuple[int, ...], ...]:
+        """For each slot, the thread groups that accumulate into it (in group order)."""
+        users: list[list[int]] = [[] for _ in self.rows]
+        for g, work in enumerate(self.groups):
+            for s in np.unique(work.arrays()[1]).tolist():
+                users[s].append(g)
+        return tuple(tuple(u) for u in users)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    m: int
+    k: int
+    n: int
+    threads_x: int
+    vec: int
+    groups: int
+    rows_per_block: int
+    blocks: tuple[BlockWork, ...]
+    slabs: tuple[tuple[int, int], ...]  # [start, stop) ranges of blocks, one compiled kernel each
+    bias_bits: tuple[int, ...] | None  # float32 bits per row, baked in as immediates
+    relu: bool
+    residual: bool
+    weight_digest: str
+    # Batched operands (convolution over NCHW images): blockIdx.z walks the batch, and B, C, R
+    # advance by these many floats per image. 0 and batch 1 for a plain SpMM.
+    batch: int = 1
+    batch_stride_b: int = 0
+    batch_stride_c: int = 0
+    extra: tuple[tuple[str, str], ...] = field(default=())  # free-form (key, value) notes for the header
+
+    @property
+    def tile_n(self) -> int:
+        return self.threads_x * self.vec
+
+    @property
+    def grid_n(self) -> int:
+        return -(-self.n // self.tile_n)
+
+    @property
+    def nnz(self) -> int:
+        return sum(b.nnz for b in self.blocks)
+
+    @property
+    def shared_floats(self) -> int:
+        return self.groups * self.rows_per_block * self.tile_n if self.groups > 1 else 0
+
+    @cached_property
+    def digest(self) -> str:
+        """Content hash of everything that shapes the generated code."""
+        h = hashlib.sha256()
+        h.update(repr((self.m, self.k, self.n, self.threads_x, self.vec, self.groups,
+                       self.rows_per_block, self.slabs, self.bias_bits, self.relu, self.residual,
+                       self.weight_digest, self.batch, self.batch_stride_b, self.batch_stride_c,
+                       self.extra)).encode())
+        for block in self.blocks:
+            h.update(repr(block.rows).encode())
+            for g in block.groups:
+                h.update(len(g.k).to_bytes(8, "little"))
+                h.update(g.k)
+                h.update(g.slot)
+                h.update(g.bits)
+        return h.hexdigest()
+
+    def __hash__(self) -> int:  # the default would walk every block on each call
+        return hash(self.digest)
+
+    def params(self) -> dict:
+        """The schedule's parameters (no per-nonzero data), for summaries and JSON."""
+        return {
+            "M": self.m, "K": self.k, "N": self.n, "nnz": self.nnz,
+            "threads_x": self.threads_x, "vec": self.vec, "groups": self.groups,
+            "rows_per_block": self.rows_per_block, "blocks": len(self.blocks),
+            "grid": [len(self.blocks), self.grid_n, self.batch],
+            "block": [self.threads_x, self.groups, 1], "slabs": len(self.slabs),
+            "shared_bytes": 4 * self.shared_floats, "relu": self.relu,
+            "bias": self.bias_bits is not None, "residual": self.residual, "batch": self.batch,
+        }
+
+    def to_csr(self) -> sp.csr_matrix:
+        """Rebuild A from the plan (tests use this to prove every nonzero is placed once)."""
+        rows, cols, vals = [], [], []
+        for block in self.blocks:
+            row_of_slot = np.asarray(block.rows, dtype=np.int64)
+            for g in block.groups:
+                k, slot, bits = g.arrays()
+                rows.append(row_of_slot[slot])
+                cols.append(k)
+                vals.append(bits.view(np.float32))
+        if rows:
+            r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+        else:
+            r = c = np.zeros(0, np.int64)
+            v = np.zeros(0, np.float32)
+        return sp.csr_matrix((v, (r, c)), shape=(self.m, self.k), dtype=np.float32)
+
+
+def choose_parameters(m: int, k: int, nnz: int, opts: KernelOptions) -> tuple[int, int, int, int]:
+    """Defaults for (threads_x, vec, groups, rows_per_block); explicit options win."""
+    n = opts.n
+    vec = opts.vec or next(v for v in (4, 2, 1) if n % v == 0 and (n >= 32 * v or v == 1))
+    threads_x = opts.threads_x or min(32, 1 << max(0, math.ceil(math.log2(-(-n // vec)))))
+    rows = opts.rows_per_block or max(1, min(m, ACCUMULATOR_BUDGET // vec, 32))
+    if opts.groups:
+        groups = opts.groups
+    else:
+        # Split K once a block has enough work for it to hide the reduction: ~128 nonzeros/group.
+        per_block = nnz / max(1, -(-m // rows))
+        groups = int(max(1, min(4, per_block // 128, k)))
+        while groups > 1 and groups * rows * threads_x * vec * 4 > SHARED_MEMORY_BYTES:
+            groups -= 1
+    if threads_x * groups > 1024:
+        raise OptionsError(f"threads_x * groups = {threads_x * groups}: a block has at most 1024 threads")
+    if groups > 1 and groups * rows * threads_x * vec * 4 > SHARED_MEMORY_BYTES:
+        raise OptionsError(
+            f"groups={groups} x rows_per_block={rows} x threads_x={threads_x} x vec={vec} floats of "
+            f"partial sums exceed {SHARED_MEMORY_BYTES // 1024} KiB of shared memory; lower one of them"
+        )
+    return threads_x, vec, groups, rows
+
+
+def deal_rows(row_nnz: np.ndarray, blocks: int, capacity: int) -> list[list[int]]:
+    """Deal rows to blocks largest-first onto the lightest block with room (LPT with capacity).
+
+    Deterministic: ties break on row index, then block index.
+    """
+    order = sorted(range(len(row_nnz)), key=lambda r: (-int(row_nnz[r]), r))
+    heap = [(0, b) for b in range(blocks)]
+    assigned: list[list[int]] = [[] for _ in range(blocks)]
+    for r in order:
+        load, b = heapq.heappop(heap)
+        assigned[b].append(r)
+        if len(assigned[b]) < capacity:
+            heapq.heappush(heap, (load + int(row_nnz[r]), b))
+    return [sorted(rows) for rows in assigned if rows]
+
+
+def split_groups(k: np.ndarray, groups: int) -> np.ndarray:
+    """Cut points (len groups+1) over nonzeros sorted by k, balancing nonzero counts on k boundaries."""
+    total = len(k)
+    cuts = [0]
+    for g in range(1, groups):
+        target = (total * g) // groups
+        # never split one k between groups: B[k] is loaded once per group that touches it
+        cut = int(np.searchsorted(k, k[target], side="left")) if target < total else total
+        cuts.append(max(cut, cuts[-1]))
+    cuts.append(total)
+    return np.asarray(cuts)
+
+
+def split_slabs(block_nnz: list[int], max_slab_nnz: int) -> tuple[tuple[int, int], ...]:
+    """Contiguous block ranges of at most max_slab_nnz nonzeros (at least one block each)."""
+    slabs, start, acc = [], 0, 0
+    for i, nnz in enumerate(block_nnz):
+        if i > start and acc + nnz > max_slab_nnz:
+            slabs.append((start, i))
+            start, acc = i, 0
+        acc += nnz
+    slabs.append((start, len(block_nnz)))
+    return tuple(slabs)
+
+
+def plan(
+    matrix: sp.csr_matrix,
+    opts: KernelOptions,
+    *,
+    bias: np.ndarray | None = None,
+    weight_digest: str,
+    max_slab_nnz: int,
+    batch: int = 1,
+    batch_stride_b: int = 0,
+    batch_stride_c: int = 0,
+    extra: tuple[tuple[str, str], ...] = (),
+) -> Schedule:
+    """Build the schedule for a canonical float32 CSR matrix (see weights.load_weight)."""
+    m, k = matrix.shape
+    threads_x, vec, groups, rows_per_block = choose_parameters(m, k, matrix.nnz, opts)
+    bias_bits = None
+    if bias is not None:
+        bias = np.asarray(bias)
+        if bias.shape != (m,):
+            raise WeightError(f"bias: expected shape ({m},) for a weight with M={m} rows, got {bias.shape}")
+        bias = bias.astype(np.float32)
+        bad = np.flatnonzero(~np.isfinite(bias))
+        if bad.size:
+            raise WeightError(f"bias: non-finite value {bias[bad[0]]} at index {bad[0]}; bias must be finite")
+        bias_bits = tuple(int(b) for b in bias.view(np.uint32))
+
+    indptr, indices, data = matrix.indptr, matrix.indices, matrix.data
+    row_nnz = np.diff(indptr)
+    n_blocks = -(-m // rows_per_block)
+    blocks = []
+    for rows in deal_rows(row_nnz, n_blocks, rows_per_block):
+        ks, slots, vals = [], [], []
+        for slot, r in enumerate(rows):
+            lo, hi = indptr[r], indptr[r + 1]
+            ks.append(indices[lo:hi])
+            slots.append(np.full(hi - lo, slot, dtype=np.int32))
+            vals.append(data[lo:hi])
+        kk = np.concatenate(ks).astype(np.int32) if ks else np.zeros(0, np.int32)
+        ss = np.concatenate(slots) if slots else np.zeros(0, np.int32)
+        vv = np.concatenate(vals).astype(np.float32) if vals else np.zeros(0, np.float32)
+        order = np.lexsort((ss, kk))
+        kk, ss, bits = kk[order], ss[order], vv[order].view(np.uint32)
+        cuts = split_groups(kk, groups)
+        work = tuple(
+            GroupWork(kk[a:b].tobytes(), ss[a:b].tobytes(), bits[a:b].tobytes())
+            for a, b in zip(cuts[:-1], cuts[1:])
+        )
+        blocks.append(BlockWork(rows=tuple(rows), groups=work))
+
+    slab_budget = opts.max_slab_nnz or max_slab_nnz
+    return Schedule(
+        m=m, k=k, n=opts.n, threads_x=threads_x, vec=vec, groups=groups,
+        rows_per_block=rows_per_block, blocks=tuple(blocks),
+        slabs=split_slabs([b.nnz for b in blocks], slab_budget),
+        bias_bits=bias_bits, relu=opts.relu, residual=opts.residual,
+        weight_digest=weight_digest, batch=batch, batch_stride_b=batch_stride_b,
+        batch_stride_c=batch_stride_c, extra=extra,
+    )

@@ -1,0 +1,219 @@
+"""Rendering: Schedule -> CUDA/HIP source, one translation unit per slab.
+
+All unrolling happens here, in Python; the Jinja template only prints. Weights are printed as the
+shortest decimal that parses back to the same float32 (numpy's round-trip repr), so the source is
+readable and every immediate reproduces the weight bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import jinja2
+import numpy as np
+
+from . import __version__
+from .dialect import dialect
+from .plan import BlockWork, Schedule
+from .resources import template_dir
+
+_LANES = "xyzw"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One compiled unit: the source of one slab and how to launch it."""
+
+    index: int
+    kernel_name: str
+    source: str
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    first_block: int
+    nnz: int
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(template_dir()),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def float_literal(bits: int) -> str:
+    """C float literal that parses to exactly this float32 (bits as uint32)."""
+    text = str(np.uint32(bits).view(np.float32))
+    if "e" not in text and "." not in text:  # e.g. 'inf' never reaches here (refused earlier)
+        text += ".0"
+    return text + "f"
+
+
+class _Literals(dict):
+    """bits -> literal, memoised: formatting dominates rendering of large kernels."""
+
+    def __missing__(self, bits: int) -> str:
+        text = self[bits] = float_literal(bits)
+        return text
+
+
+def _vec_type(vec: int) -> str:
+    return "float" if vec == 1 else f"float{vec}"
+
+
+def _pack(vec: int, prefix: str) -> str:
+    regs = ", ".join(f"{prefix}{v}" for v in range(vec))
+    return regs if vec == 1 else f"make_float{vec}({regs})"
+
+
+def _macros(s: Schedule) -> dict[str, str]:
+    """The per-thread operations, written once as macros so each nonzero costs one short token."""
+    v, n, t = s.vec, s.n, s.threads_x
+    vt = _vec_type(v)
+    lanes = range(v)
+    if v == 1:
+        load = "b0 = Bp[(k) * %d];" % n
+        gather = "a##s##_0 += red[((g) * %d + (s)) * %d + tx];" % (s.rows_per_block, t)
+    else:
+        load = "{ const %s t_ = *reinterpret_cast<const %s*>(Bp + (k) * %d); %s }" % (
+            vt, vt, n, " ".join(f"b{i} = t_.{_LANES[i]};" for i in lanes))
+        gather = "{ const %s t_ = red[((g) * %d + (s)) * %d + tx]; %s }" % (
+            vt, s.rows_per_block, t, " ".join(f"a##s##_{i} += t_.{_LANES[i]};" for i in lanes))
+    out = []
+    if s.residual:
+        out.append(
+            "const float r_ = Rp[(row) * %d];" % n if v == 1
+            else "const %s r_ = *reinterpret_cast<const %s*>(Rp + (row) * %d);" % (vt, vt, n))
+    for i in lanes:
+        expr = f"a##s##_{i}"
+        if s.bias_bits is not None:
+            expr += " + (bias)"
+        if s.residual:
+            expr += " + r_" if v == 1 else f" + r_.{_LANES[i]}"
+        out.append(f"float o{i} = {expr};")
+        if s.relu:
+            out.append(f"o{i} = fmaxf(o{i}, 0.f);")
+    if v == 1:
+        out.append("Cp[(row) * %d] = o0;" % n)
+    else:
+        out.append("*reinterpret_cast<%s*>(Cp + (row) * %d) = %s;" % (vt, n, _pack(v, "o")))
+    return {
+        "load_macro": load,
+        "fma_macro": " ".join(f"a##s##_{i} += (w) * b{i};" for i in lanes),
+        "zero_macro": "float " + ", ".join(f"a##s##_{i} = 0.f" for i in lanes) + ";",
+        "store_macro": "if (live) { " + " ".join(out) + " }",
+        "partial_macro": "red[(threadIdx.y * %d + (s)) * %d + tx] = %s;" % (
+            s.rows_per_block, t, _pack(v, "a##s##_")),
+        "gather_macro": gather,
+        "vec_type": vt,
+        "b_regs": ", ".join(f"b{i}" for i in lanes),
+    }
+
+
+def _group_lines(work, literals: _Literals, indent: str) -> list[str]:
+    """`L(k) F(slot, w) F(slot, w) ...` per distinct k, in k order."""
+    k, slot, bits = work.arrays()
+    if len(k) == 0:
+        return []
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]).tolist() + [len(k)]
+    ks, slots, words = k.tolist(), slot.tolist(), bits.tolist()
+    lines = []
+    for a, b in zip(starts[:-1], starts[1:]):
+        fmas = " ".join(f"F({slots[i]},{literals[words[i]]})" for i in range(a, b))
+        lines.append(f"{indent}L({ks[a]}) {fmas}")
+    return lines
+
+
+def _store(s: Schedule, slot: int, row: int, literals: _Literals) -> str:
+    if s.bias_bits is None:
+        return f"S({slot},{row})"
+    return f"S({slot},{row},{literals[s.bias_bits[row]]})"
+
+
+def _block_body(s: Schedule, block: BlockWork, literals: _Literals) -> str:
+    ind = "    "
+    lines = [ind + " ".join(f"Z({i})" for i in range(len(block.rows)))]
+    if s.groups == 1:
+        lines += _group_lines(block.groups[0], literals, ind)
+        lines.append(ind + " ".join(_store(s, i, r, literals) for i, r in enumerate(block.rows)))
+        return "\n".join(lines)
+    # Split K: slot i is finished by group i % groups, which adds the other groups' partial sums
+    # (read from shared memory) to its own registers; only groups that touched a slot write it.
+    users = block.slot_users()
+    owner = [i % s.groups for i in range(len(block.rows))]
+    lines.append(ind + "switch (threadIdx.y) {")
+    for g, work in enumerate(block.groups):
+        lines.append(f"{ind}case {g}: {{")
+        lines += _group_lines(work, literals, ind + "  ")
+        parts = [f"P({i})" for i, u in enumerate(users) if g in u and owner[i] != g]
+        if parts:
+            lines.append(ind + "  " + " ".join(parts))
+        lines.append(f"{ind}}} break;")
+    lines.append(ind + "}")
+    lines.append(ind + "__syncthreads();")
+    lines.append(ind + "switch (threadIdx.y) {")
+    for g in range(s.groups):
+        ops = []
+        for i, row in enumerate(block.rows):
+            if owner[i] == g:
+                ops += [f"Q({i},{h})" for h in users[i] if h != g]
+                ops.append(_store(s, i, row, literals))
+        if ops:
+            lines.append(f"{ind}case {g}: {' '.join(ops)} break;")
+    lines.append(ind + "}")
+    return "\n".join(lines)
+
+
+def kernel_base_name(s: Schedule) -> str:
+    return f"sparsert_{s.digest[:12]}"
+
+
+def render(s: Schedule, target: str = "cuda") -> tuple[Unit, ...]:
+    """All units (slabs) of a schedule. Deterministic: same schedule, same bytes."""
+    d = dialect(target)
+    template = _environment().get_template("spmm.cu.j2")
+    literals = _Literals()
+    base = kernel_base_name(s)
+    sparsity = 1.0 - s.nnz / (s.m * s.k)
+    formula = "A @ B"
+    if s.bias_bits is not None:
+        formula += " + bias"
+    if s.residual:
+        formula += " + R"
+    if s.relu:
+        formula = f"relu({formula})"
+    macros = _macros(s)
+    units = []
+    for index, (start, stop) in enumerate(s.slabs):
+        name = base if len(s.slabs) == 1 else f"{base}_s{index}"
+        cases = []
+        for local, bi in enumerate(range(start, stop)):
+            block = s.blocks[bi]
+            rows = block.rows
+            span = f"rows {rows[0]}..{rows[-1]}" if rows == tuple(range(rows[0], rows[-1] + 1)) else (
+                f"{len(rows)} rows")
+            cases.append({
+                "index": local, "block": bi,
+                "comment": f"{span}, {block.nnz} nonzeros",
+                "body": _block_body(s, block, literals),
+            })
+        source = template.render(
+            version=__version__, epilogue_formula=formula, m=s.m, k=s.k, n=s.n,
+            nnz_total=s.nnz, sparsity=f"{sparsity:.2%}", weight_digest=s.weight_digest,
+            batch=s.batch, threads_x=s.threads_x, vec=s.vec, groups=s.groups,
+            rows_per_block=s.rows_per_block, blocks_total=len(s.blocks), grid_n=s.grid_n,
+            slab_index=index, slab_count=len(s.slabs), block_start=start, block_stop=stop,
+            nnz_slab=sum(s.blocks[i].nnz for i in range(start, stop)), extra=s.extra,
+            prelude=d.prelude, has_bias=s.bias_bits is not None, residual=s.residual,
+            kernel_name=name, batch_stride_b=s.batch_stride_b, batch_stride_c=s.batch_stride_c,
+            cases=cases, **macros,
+        )
+        units.append(Unit(
+            index=index, kernel_name=name, source=source,
+            grid=(stop - start, s.grid_n, s.batch), block=(s.threads_x, s.groups, 1),
+            first_block=start, nnz=sum(s.blocks[i].nnz for i in range(start, stop)),
+        ))
+    return tuple(units)

@@ -1,0 +1,272 @@
+"""SASS inspection of CUBINs: disassembly (nvdisasm), resource usage (cuobjdump) and FFMA-immediate stats.
+
+What nvdisasm (CUDA 13.5) prints for FP32 immediates, measured on sm_80 and sm_90:
+
+* finite values as a decimal with ~20 significant digits, i.e. the (near-)exact decimal expansion
+  of the float32: ``0.1f`` -> ``0.10000000149011611938``, ``1.f/3`` -> ``0.3333333432674407959``,
+  ``-7.0f`` -> ``-7``, ``1e-45f`` (the smallest denormal) -> ``1.4012984643248170709e-45``,
+  ``1.17549435e-38f`` -> ``1.175494350822287508e-38``, ``3.4e38f`` ->
+  ``3.39999995214436424908e+38``, ``1e-40f`` (denormal) -> ``9.9999461011147595815e-41``.
+  20 significant digits are far more than the 9 float32 needs, so ``float(text)`` gives the exact
+  float32 value as a double and the decimal form round-trips bit-exactly for every finite value.
+* non-finite values as ``+INF`` / ``-INF`` / ``+QNAN`` / ``-QNAN`` (with a space before ``;``).
+  The NaN *payload* is lost in this text (0xffc00001 prints as ``-QNAN``).
+* ``-0.0f`` never appears as an immediate: ptxas turns ``x * -0.0f + y`` into ``FFMA Rd, -RZ, Rb, Rc``.
+
+For bit-exact readback we run ``nvdisasm -hex``: on sm_80/sm_90 (128-bit instructions) the first
+printed 64-bit encoding word of an ALU instruction with a 32-bit immediate holds the immediate in
+bits 32..63 (``FFMA R18, R25, 0.10000000149011611938, R18 ; /* 0x3dcccccd19127823 */``). We take
+the bits from there when the decoded word agrees with the decimal text (always, so far) and fall
+back to the decimal text otherwise, so ``immediate_bits`` is exact including NaN payloads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ToolchainError
+
+__all__ = ["SassStats", "disassemble", "find_tool", "resource_usage", "sass_stats", "parse_float_literal"]
+
+_TIMEOUT_S = 600
+
+
+def find_tool(name: str) -> str | None:
+    """Path of ``nvdisasm``/``cuobjdump``: the pip wheel's copy (nvidia/cu*/bin) first, then PATH."""
+    try:
+        import nvidia  # namespace package of the nvidia-* wheels
+
+        roots = [Path(p) for p in nvidia.__path__]
+    except Exception:
+        roots = []
+    for root in roots:
+        for cand in sorted(root.glob(f"*/bin/{name}"), reverse=True):  # cu13 before cu12
+            if cand.is_file() and os.access(cand, os.X_OK):
+                return str(cand)
+    return shutil.which(name)
+
+
+def _hint(name: str) -> str:
+    pkg = {"nvdisasm": "nvidia-cuda-nvdisasm", "cuobjdump": "nvidia-cuda-cuobjdump"}[name]
+    return f"`{name}` not found (neither in the nvidia pip wheels nor on PATH); install it with `pip install {pkg}`"
+
+
+def _check_cubin(cubin: bytes) -> None:
+    if not isinstance(cubin, (bytes, bytearray, memoryview)):
+        raise ToolchainError(f"cubin: expected bytes, got {type(cubin).__name__}")
+    if bytes(cubin[:4]) != b"\x7fELF":
+        raise ToolchainError(f"cubin: expected an ELF image (\\x7fELF), got first bytes {bytes(cubin[:8])!r}")
+
+
+def _run_on_cubin(tool: str, args: list[str], cubin: bytes) -> str:
+    exe = find_tool(tool)
+    if exe is None:
+        raise ToolchainError(_hint(tool))
+    _check_cubin(cubin)
+    with tempfile.TemporaryDirectory(prefix="sparsert-sass-") as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(bytes(cubin))
+        try:
+            proc = subprocess.run(
+                [exe, *args, path], capture_output=True, text=True, timeout=_TIMEOUT_S, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise ToolchainError(f"{tool} timed out after {_TIMEOUT_S} s on a {len(cubin)}-byte cubin") from exc
+        except OSError as exc:
+            raise ToolchainError(f"cannot run {exe}: {exc}") from exc
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-20:])
+        raise ToolchainError(f"{tool} failed (exit {proc.returncode}) on a {len(cubin)}-byte cubin:\n{tail}")
+    return proc.stdout
+
+
+def disassemble(cubin: bytes, *, hex: bool = False, code_only: bool = False) -> str:
+    """SASS text of ``cubin`` as printed by ``nvdisasm`` (``-hex``: with encodings, ``-c``: code only)."""
+    args = []
+    if hex:
+        args.append("-hex")
+    if code_only:
+        args.append("-c")
+    return _run_on_cubin("nvdisasm", args, cubin)
+
+
+def resource_usage(cubin: bytes) -> dict[str, dict[str, int]]:
+    """``cuobjdump -res-usage``: {function: {'REG': n, 'STACK': n, 'SHARED': n, 'LOCAL': n, ...}}."""
+    out = _run_on_cubin("cuobjdump", ["-res-usage"], cubin)
+    result: dict[str, dict[str, int]] = {}
+    current: str | None = None
+    for line in out.splitlines():
+        m = re.match(r"\s*Function\s+(\S+?)\s*:\s*$", line)
+        if m:
+            current = m.group(1)
+            continue
+        if current is not None and "REG:" in line:
+            fields = {}
+            for key, val in re.findall(r"([A-Z_]+(?:\[\d+\])?):(\d+)", line):
+                fields[key] = int(val)
+            result[current] = fields
+            current = None
+    return result
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SassStats:
+    instructions: int
+    """SASS instructions, NOPs excluded (they only pad the end of a function)."""
+    ffma: int
+    """FFMA instructions (any modifiers, any operands)."""
+    ffma_imm: int
+    """FFMAs with one source operand an FP32 immediate (the weight)."""
+    fmul_imm: int
+    fadd_imm: int
+    immediates: tuple[float, ...]
+    """FP32 immediates of the FFMA/FMUL instructions, in program order (as Python floats)."""
+    registers: int | None
+    """Registers per thread (max over functions) from ``cuobjdump -res-usage``; None without cuobjdump."""
+    spills: bool | None
+    """STACK/LOCAL > 0 in the resource usage, or any STL/LDL in the code."""
+    immediate_bits: tuple[int, ...] = ()
+    """The same immediates as raw IEEE-754 binary32 bit patterns (exact, NaN payloads included)."""
+
+
+_INSN_RE = re.compile(
+    r"^\s*/\*(?P<addr>[0-9a-fA-F]+)\*/\s+(?P<text>[^;]*?)\s*;\s*(?:/\*\s*(?P<hex>0x[0-9a-fA-F]+)\s*\*/)?\s*$"
+)
+_PRED_RE = re.compile(r"^@!?U?P(?:T|\d+)\s+")
+_DEC_RE = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+_SPECIAL = {"INF": math.inf, "QNAN": math.nan, "SNAN": math.nan, "NAN": math.nan}
+_HEX_RE = re.compile(r"^[+-]?0[xX][0-9a-fA-F]{1,8}$")
+
+
+def _f32_bits(value: float) -> int:
+    return struct.unpack("<I", struct.pack("<f", value))[0]
+
+
+def _bits_f32(bits: int) -> float:
+    return struct.unpack("<f", struct.pack("<I", bits & 0xFFFFFFFF))[0]
+
+
+def parse_float_literal(text: str) -> int | None:
+    """binary32 bits of an nvdisasm FP32 operand (``0.5``, ``-7``, ``1e-05``, ``+INF``, ``-QNAN``,
+    ``0x3f800000``), or None if ``text`` is not a float literal (a register, c[..][..], ...).
+    NaNs come back as the default quiet NaN with the printed sign (the text has no payload)."""
+    t = text.strip()
+    if not t:
+        return None
+    sign = -1.0 if t[0] == "-" else 1.0
+    body = t[1:] if t[0] in "+-" else t
+    if body.upper() in _SPECIAL:
+        v = _SPECIAL[body.upper()]
+        if math.isnan(v):
+            return 0xFFC00000 if sign < 0 else 0x7FC00000
+        return _f32_bits(sign * v)
+    if _HEX_RE.match(t):
+        bits = int(body, 16)
+        return (bits ^ 0x80000000) if sign < 0 else bits
+    if _DEC_RE.match(t):
+        try:
+            return _f32_bits(float(t))  # exact: nvdisasm prints >= 17 significant digits
+        except OverflowError:
+            return None
+    return None
+
+
+def _opcode(text: str) -> tuple[str, list[str]]:
+    text = _PRED_RE.sub("", text.strip())
+    parts = text.split(None, 1)
+    if not parts:
+        return "", []
+    op = parts[0]
+    operands = [o.strip() for o in parts[1].split(",")] if len(parts) > 1 else []
+    return op, operands
+
+
+def _same_value(a: int, b: int) -> bool:
+    """Equal bits, or both NaN with the same sign (the text form carries no payload)."""
+    if a == b:
+        return True
+    fa, fb = _bits_f32(a), _bits_f32(b)
+    return math.isnan(fa) and math.isnan(fb) and (a >> 31) == (b >> 31)
+
+
+def stats_from_disassembly(text: str) -> tuple[int, int, int, int, int, tuple[int, ...], bool]:
+    """(instructions, ffma, ffma_imm, fmul_imm, fadd_imm, immediate bits, has STL/LDL) of SASS text
+    from ``nvdisasm`` (with or without ``-hex``)."""
+    instructions = ffma = ffma_imm = fmul_imm = fadd_imm = 0
+    bits_out: list[int] = []
+    local_mem = False
+    for line in text.splitlines():
+        m = _INSN_RE.match(line)
+        if not m:
+            continue
+        op, operands = _opcode(m.group("text"))
+        base = op.split(".", 1)[0]
+        if not base or base == "NOP":
+            continue
+        instructions += 1
+        if base in ("STL", "LDL"):
+            local_mem = True
+        if base not in ("FFMA", "FFMA32I", "FMUL", "FMUL32I", "FADD", "FADD32I"):
+            continue
+        kind = base[:4]
+        if kind == "FFMA":
+            ffma += 1
+        # the destination is operands[0]; a float literal among the sources is the immediate
+        imm: int | None = None
+        for src in operands[1:]:
+            imm = parse_float_literal(src)
+            if imm is not None:
+                break
+        if imm is None:
+            continue
+        if kind == "FADD":
+            fadd_imm += 1
+            continue
+        if kind == "FFMA":
+            ffma_imm += 1
+        else:
+            fmul_imm += 1
+        enc = m.group("hex")
+        if enc is not None:
+            raw = (int(enc, 16) >> 32) & 0xFFFFFFFF  # imm32 field of the first encoding word
+            if _same_value(raw, imm):
+                imm = raw
+        bits_out.append(imm)
+    return instructions, ffma, ffma_imm, fmul_imm, fadd_imm, tuple(bits_out), local_mem
+
+
+def sass_stats(cubin: bytes) -> SassStats:
+    """Count instructions and FP32 immediates of ``cubin`` (nvdisasm -hex) and read its resources
+    (cuobjdump -res-usage, when installed)."""
+    text = disassemble(cubin, hex=True, code_only=True)
+    n, ffma, ffma_imm, fmul_imm, fadd_imm, bits, local_mem = stats_from_disassembly(text)
+    registers: int | None = None
+    spills: bool | None = local_mem
+    if find_tool("cuobjdump") is not None:
+        usage = resource_usage(cubin)
+        regs = [f["REG"] for f in usage.values() if "REG" in f]
+        registers = max(regs) if regs else None
+        if any(f.get("STACK", 0) > 0 or f.get("LOCAL", 0) > 0 for f in usage.values()):
+            spills = True
+    return SassStats(
+        instructions=n,
+        ffma=ffma,
+        ffma_imm=ffma_imm,
+        fmul_imm=fmul_imm,
+        fadd_imm=fadd_imm,
+        immediates=tuple(_bits_f32(b) for b in bits),
+        registers=registers,
+        spills=spills,
+        immediate_bits=bits,
+    )
