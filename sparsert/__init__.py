@@ -9,11 +9,13 @@
 __version__ = "0.1.0"
 
 from .api import compile  # noqa: E402
+from .conv import ConvKernel, compile_conv2d  # noqa: E402
 from .errors import (  # noqa: E402
     CompileError, InputError, OptionsError, SparsertError, ToolchainError, WeightError,
 )
 from .kernel import KernelStats, SparseKernel  # noqa: E402
 from .options import KernelOptions  # noqa: E402
+from .prune import prune  # noqa: E402
 from .weights import Weight, load_weight  # noqa: E402
 
 __all__ = [

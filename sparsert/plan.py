@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -72,6 +72,66 @@ class BlockWork:
 
 
 @dataclass(frozen=True)
+class ConvGeometry:
+    """B as a virtual im2col matrix over one NCHW image (never materialised).
+
+    Row k of B is the tap k = c*kh*kw + ky*kw + kx (PyTorch/DLMC im2col order); column j is the
+    output pixel (oy, ox) = divmod(j, ow); B[k, j] = X[c, oy*sy - py + ky*dy, ox*sx - px + kx*dx],
+    0 where that falls in the padding.
+    """
+
+    c_in: int
+    h: int
+    w: int
+    kh: int
+    kw: int
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        for name in ("c_in", "h", "w", "kh", "kw"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise OptionsError(f"conv {name}={value!r}: expected a positive integer")
+        for name, low in (("stride", 1), ("padding", 0), ("dilation", 1)):
+            pair = getattr(self, name)
+            if not (isinstance(pair, tuple) and len(pair) == 2
+                    and all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in pair)):
+                raise OptionsError(f"conv {name}={pair!r}: expected a pair of integers >= {low}")
+        if self.oh < 1 or self.ow < 1:
+            raise OptionsError(
+                f"conv: a {self.kh}x{self.kw} kernel (dilation {self.dilation}) does not fit a "
+                f"{self.h}x{self.w} input with padding {self.padding}: output would be "
+                f"{self.oh}x{self.ow}")
+
+    @property
+    def oh(self) -> int:
+        return (self.h + 2 * self.padding[0] - self.dilation[0] * (self.kh - 1) - 1) // self.stride[0] + 1
+
+    @property
+    def ow(self) -> int:
+        return (self.w + 2 * self.padding[1] - self.dilation[1] * (self.kw - 1) - 1) // self.stride[1] + 1
+
+    @property
+    def k(self) -> int:
+        return self.c_in * self.kh * self.kw
+
+    @property
+    def n(self) -> int:
+        return self.oh * self.ow
+
+    def tap_rows_always_valid(self) -> tuple[bool, ...]:
+        """Per ky: does every output row read inside the image (no padding check needed)?"""
+        (s, p, d), oh, h = (self.stride[0], self.padding[0], self.dilation[0]), self.oh, self.h
+        return tuple(ky * d - p >= 0 and (oh - 1) * s - p + ky * d < h for ky in range(self.kh))
+
+    def tap_cols_always_valid(self) -> tuple[bool, ...]:
+        (s, p, d), ow, w = (self.stride[1], self.padding[1], self.dilation[1]), self.ow, self.w
+        return tuple(kx * d - p >= 0 and (ow - 1) * s - p + kx * d < w for kx in range(self.kw))
+
+
+@dataclass(frozen=True)
 class Schedule:
     m: int
     k: int
@@ -92,6 +152,8 @@ class Schedule:
     batch_stride_b: int = 0
     batch_stride_c: int = 0
     extra: tuple[tuple[str, str], ...] = field(default=())  # free-form (key, value) notes for the header
+    # Convolution: B is a virtual im2col matrix read straight from the NCHW input (needs vec 1).
+    conv: ConvGeometry | None = None
 
     @property
     def tile_n(self) -> int:
@@ -117,6 +179,8 @@ class Schedule:
                        self.rows_per_block, self.slabs, self.bias_bits, self.relu, self.residual,
                        self.weight_digest, self.batch, self.batch_stride_b, self.batch_stride_c,
                        self.extra)).encode())
+        if self.conv is not None:  # only then: plain SpMM digests (and kernel names) stay as they were
+            h.update(repr(self.conv).encode())
         for block in self.blocks:
             h.update(repr(block.rows).encode())
             for g in block.groups:
@@ -139,7 +203,10 @@ class Schedule:
             "block": [self.threads_x, self.groups, 1], "slabs": len(self.slabs),
             "shared_bytes": 4 * self.shared_floats, "relu": self.relu,
             "bias": self.bias_bits is not None, "residual": self.residual, "batch": self.batch,
-        }
+        } | ({} if self.conv is None else {"conv": {
+            "c_in": self.conv.c_in, "h": self.conv.h, "w": self.conv.w, "kh": self.conv.kh,
+            "kw": self.conv.kw, "stride": list(self.conv.stride), "padding": list(self.conv.padding),
+            "dilation": list(self.conv.dilation), "oh": self.conv.oh, "ow": self.conv.ow}})
 
     def to_csr(self) -> sp.csr_matrix:
         """Rebuild A from the plan (tests use this to prove every nonzero is placed once)."""
@@ -235,9 +302,18 @@ def plan(
     batch_stride_b: int = 0,
     batch_stride_c: int = 0,
     extra: tuple[tuple[str, str], ...] = (),
+    conv: ConvGeometry | None = None,
 ) -> Schedule:
     """Build the schedule for a canonical float32 CSR matrix (see weights.load_weight)."""
     m, k = matrix.shape
+    if conv is not None:
+        if (conv.k, conv.n) != (k, opts.n):
+            raise OptionsError(f"conv: geometry gives an im2col of {conv.k} x {conv.n} but the weight "
+                               f"has K={k} and n={opts.n}")
+        if opts.vec not in (None, 1):
+            raise OptionsError(f"vec={opts.vec}: a virtual im2col operand is read one column per "
+                               f"thread; use vec=1")
+        opts = replace(opts, vec=1)
     threads_x, vec, groups, rows_per_block = choose_parameters(m, k, matrix.nnz, opts)
     bias_bits = None
     if bias is not None:
@@ -280,5 +356,5 @@ def plan(
         slabs=split_slabs([b.nnz for b in blocks], slab_budget),
         bias_bits=bias_bits, relu=opts.relu, residual=opts.residual,
         weight_digest=weight_digest, batch=batch, batch_stride_b=batch_stride_b,
-        batch_stride_c=batch_stride_c, extra=extra,
+        batch_stride_c=batch_stride_c, extra=extra, conv=conv,
     )

@@ -15,7 +15,8 @@ import numpy as np
 
 from . import __version__
 from .dialect import dialect
-from .plan import BlockWork, Schedule
+from .errors import OptionsError
+from .plan import BlockWork, ConvGeometry, Schedule
 from .resources import template_dir
 
 _LANES = "xyzw"
@@ -69,12 +70,79 @@ def _pack(vec: int, prefix: str) -> str:
     return regs if vec == 1 else f"make_float{vec}({regs})"
 
 
+def _conv_offset(g: ConvGeometry) -> str:
+    """C expression: offset of im2col row (k) from the thread's corner (constant-folded per L(k))."""
+    taps = g.kh * g.kw
+    if taps == 1:
+        return "(k) * %d" % (g.h * g.w)
+    parts = ["(k) / %d * %d" % (taps, g.h * g.w)]
+    if g.kh > 1:
+        parts.append("(k) %% %d / %d * %d" % (taps, g.kw, g.dilation[0] * g.w))
+    if g.kw > 1:
+        parts.append("(k) %% %d" % g.kw + ("" if g.dilation[1] == 1 else " * %d" % g.dilation[1]))
+    return " + ".join(parts)
+
+
+def _conv_setup(s: Schedule) -> tuple[str, str, str]:
+    """(setup code, L(k) body, B description) for a virtual im2col operand (vec 1).
+
+    Each thread finds its output pixel's input corner once; L(k) is then a load at a constant
+    offset from it. Taps that can fall in the padding are masked per (ky, kx) with flags computed
+    once; the rest (all of them without padding) load unconditionally.
+    """
+    g = s.conv
+    (sy, sx), (py, px), (dy, dx) = g.stride, g.padding, g.dilation
+    rows_ok, cols_ok = g.tap_rows_always_valid(), g.tap_cols_always_valid()
+    lines = [
+        "  // Virtual im2col: column col is output pixel (oy, ox); row k = c*%d + ky*%d + kx of B is"
+        % (g.kh * g.kw, g.kw),
+        "  // X[c][oy*%d - %d + ky*%d][ox*%d - %d + kx*%d], 0 in the padding; out-of-range threads "
+        "use the last pixel." % (sy, py, dy, sx, px, dx),
+        "  const int pix = min(col, %d);" % (s.n - 1),
+        "  const int oy = pix / %d, ox = pix - oy * %d;" % (g.ow, g.ow),
+        "  const int iy = oy * %d - %d, ix = ox * %d - %d;" % (sy, py, sx, px),
+        "  const float* __restrict__ Bp = B + blockIdx.z * %d;" % s.batch_stride_b,
+        "  const int base = iy * %d + ix;" % g.w,
+    ]
+    offset = _conv_offset(g)
+    if all(rows_ok) and all(cols_ok):
+        return "\n".join(lines), "b0 = Bp[base + %s];" % offset, _b_desc(g)
+    ys = [f"y{ky} = (unsigned)({_plus('iy', ky * dy)}) < {g.h}u" for ky in range(g.kh) if not rows_ok[ky]]
+    xs = [f"x{kx} = (unsigned)({_plus('ix', kx * dx)}) < {g.w}u" for kx in range(g.kw) if not cols_ok[kx]]
+    lines.append("  // Taps that can fall in the padding; unsigned compare also rejects negatives.")
+    lines += ["  const bool " + ", ".join(decls) + ";" for decls in (ys, xs) if decls]
+    flags = []
+    for ky in range(g.kh):
+        for kx in range(g.kw):
+            terms = ([f"y{ky}"] if not rows_ok[ky] else []) + ([f"x{kx}"] if not cols_ok[kx] else [])
+            flags.append(" && ".join(terms) or "true")
+    lines.append("  const bool ok[%d] = {%s};" % (len(flags), ", ".join(flags)))
+    index = "0" if len(flags) == 1 else "(k) %% %d" % len(flags)
+    load = "b0 = ok[%s] ? Bp[base + %s] : 0.f;" % (index, offset)
+    return "\n".join(lines), load, _b_desc(g)
+
+
+def _plus(name: str, offset: int) -> str:
+    return name if offset == 0 else f"{name} + {offset}"
+
+
+def _b_desc(g: ConvGeometry) -> str:
+    return (f"virtual im2col {g.k} x {g.n} of a {g.c_in} x {g.h} x {g.w} input, "
+            f"{g.kh}x{g.kw} taps (never materialised)")
+
+
 def _macros(s: Schedule) -> dict[str, str]:
     """The per-thread operations, written once as macros so each nonzero costs one short token."""
     v, n, t = s.vec, s.n, s.threads_x
     vt = _vec_type(v)
     lanes = range(v)
-    if v == 1:
+    conv_setup = b_desc = ""
+    if s.conv is not None:
+        if v != 1:
+            raise OptionsError(f"vec={v}: a virtual im2col operand needs vec=1 (plan() enforces it)")
+        conv_setup, load, b_desc = _conv_setup(s)
+        gather = "a##s##_0 += red[((g) * %d + (s)) * %d + tx];" % (s.rows_per_block, t)
+    elif v == 1:
         load = "b0 = Bp[(k) * %d];" % n
         gather = "a##s##_0 += red[((g) * %d + (s)) * %d + tx];" % (s.rows_per_block, t)
     else:
@@ -110,6 +178,8 @@ def _macros(s: Schedule) -> dict[str, str]:
         "gather_macro": gather,
         "vec_type": vt,
         "b_regs": ", ".join(f"b{i}" for i in lanes),
+        "conv_setup": conv_setup,
+        "b_desc": b_desc,
     }
 
 
