@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 
 from . import __version__
 from .compiler import Artifact
+from .config import settings
 from .dialect import dialect
 from .errors import InputError, ToolchainError
 from .plan import Schedule
@@ -274,10 +276,11 @@ class SparseKernel:
         with self._lock:
             if self._host is None:
                 params = ["const float*", "float*"] + (["const float*"] if self.schedule.residual else [])
-                self._host = [
-                    HostKernel.build(u.source, u.kernel_name, params, name=u.kernel_name)
-                    for u in self.units
-                ]
+                # g++ runs as a subprocess per slab: build them side by side
+                with ThreadPoolExecutor(max_workers=max(1, min(settings().jobs, len(self.units)))) as pool:
+                    self._host = list(pool.map(
+                        lambda u: HostKernel.build(u.source, u.kernel_name, params, name=u.kernel_name),
+                        self.units))
             return self._host
 
     def run_host(self, B: np.ndarray, *, residual: np.ndarray | None = None) -> np.ndarray:
@@ -306,4 +309,6 @@ def _host_operand(x, what: str, shape: tuple[int, ...]) -> np.ndarray:
         raise InputError(f"{what}: dtype {x.dtype}; expected float32")
     if x.shape != shape:
         raise InputError(f"{what}: shape {x.shape}; expected {shape}")
-    return np.ascontiguousarray(x)
+    if not x.flags.c_contiguous or x.ctypes.data % 16:  # vector loads need 16-byte alignment
+        x = np.array(x, dtype=np.float32, order="C", copy=True)
+    return x
