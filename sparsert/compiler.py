@@ -1,7 +1,17 @@
 """Compile rendered units to binaries, through the cache (try_load / build / load, Triton-style).
 
-Slabs compile in parallel: NVRTC runs through ctypes, which releases the GIL, and hipcc is a
-subprocess, so a thread pool keeps every core busy without pickling sources across processes.
+Three ways to build a unit (one slab):
+
+* 'ptx' (CUDA, default where ptxas is installed): ptx.render_ptx writes the slab as PTX and the
+  ptxas executable assembles it. No NVVM: about half of NVRTC's time goes there. Its cache key is
+  the schedule's digest + slab index + the emitter's own hash, so a warm cache renders nothing.
+* 'nvrtc' (CUDA): the CUDA C++ unit through NVRTC (NVVM + ptxas in-process).
+* 'hipcc' (HIP): the HIP unit through hipcc.
+
+Slabs build in parallel in a thread pool of `jobs` workers (SPARSERT_JOBS, default: the cores).
+ptxas and hipcc are subprocesses, so threads run them truly in parallel without pickling slabs
+across processes; NVRTC runs through ctypes with the GIL released, though it serialises partly
+inside (measured 1.4x with 2 threads; benchmarks/COMPILE_TIME.md).
 """
 
 from __future__ import annotations
@@ -14,9 +24,13 @@ from dataclasses import dataclass, field
 from . import __version__
 from .cache import KernelCache, cache_key
 from .config import settings
+from .errors import OptionsError
+from .plan import Schedule
 from .render import Unit
 
 NVRTC_OPTIONS = ("--ftz=false", "--prec-div=true", "--fmad=true")  # exact IEEE; FMA contraction on
+PTXAS_OPTIONS = ("-O3",)  # as NVRTC runs ptxas; -Ofast-compile halves the time but hoists loads less far
+BACKENDS = ("ptx", "nvrtc")
 
 
 @dataclass(frozen=True)
@@ -26,29 +40,73 @@ class Artifact:
     cached: bool = False
 
 
-def compiler_version(target: str) -> str:
-    if target == "cuda":
-        from .nvrtc import nvrtc_version
+def compiler_version(target: str, backend: str = "nvrtc") -> str:
+    if target != "cuda":
+        from .hipcc import hipcc_version
 
-        return "nvrtc %d.%d" % nvrtc_version()
-    from .hipcc import hipcc_version
+        return hipcc_version()
+    if backend == "ptx":
+        from .ptxas import ptxas_version
 
-    return hipcc_version()
+        return ptxas_version()
+    from .nvrtc import nvrtc_version
+
+    return "nvrtc %d.%d" % nvrtc_version()
+
+
+def resolve_backend(target: str, backend: str | None = None, *, schedule: Schedule | None = None) -> str:
+    """The build path for `target`: 'hipcc' for HIP; for CUDA the requested backend, else
+    SPARSERT_BACKEND; 'auto' picks 'ptx' when ptxas is installed and the PTX emitter can render
+    the schedule (a plain SpMM, passed in), else 'nvrtc'."""
+    if target != "cuda":
+        return "hipcc"
+    choice = backend or settings().backend
+    if choice not in ("auto", *BACKENDS):
+        raise OptionsError(f"backend={choice!r}: expected one of auto, {', '.join(BACKENDS)}")
+    if choice == "nvrtc":
+        return choice
+    from .ptx import unsupported
+    from .ptxas import find_ptxas
+
+    why = ("no schedule was passed (compile_units(..., schedule=))" if schedule is None
+           else unsupported(schedule))
+    if choice == "auto":
+        return "ptx" if why is None and find_ptxas() is not None else "nvrtc"
+    if why is not None:
+        raise OptionsError(f"backend='ptx' cannot build these units: {why}")
+    return choice
 
 
 class UnitBuild:
     """One unit's compilation. `load()` is the entry point: cache hit, else build under a lock."""
 
     def __init__(self, unit: Unit, *, target: str, arch: str, cache: KernelCache | None,
-                 options: Sequence[str] = NVRTC_OPTIONS):
+                 backend: str = "nvrtc", schedule: Schedule | None = None,
+                 options: Sequence[str] | None = None):
         self.unit = unit
         self.target = target
         self.arch = arch
         self.cache = cache
-        self.options = tuple(options) if target == "cuda" else ()
+        self.backend = backend if target == "cuda" else "hipcc"
+        self.schedule = schedule
+        if self.backend == "ptx":
+            if schedule is None:
+                raise OptionsError("the PTX backend needs the schedule the unit was rendered from")
+            from .ptx import emitter_digest
+            from .render import kernel_base_name
+
+            if not unit.kernel_name.startswith(kernel_base_name(schedule)):  # names carry the digest
+                raise OptionsError(f"unit {unit.kernel_name} was not rendered from this schedule")
+            self.options = tuple(PTXAS_OPTIONS if options is None else options)
+            # The PTX is a pure function of (schedule, slab, arch, emitter): key on those, so a
+            # warm cache costs no rendering either.
+            what = {"schedule": schedule.digest, "slab": unit.index, "emitter": emitter_digest()}
+        else:
+            self.options = tuple(NVRTC_OPTIONS if options is None else options) if target == "cuda" else ()
+            what = unit.source.encode()
         self.key = cache_key(
-            source=unit.source.encode(), target=target, arch=arch, options=list(self.options),
-            compiler=compiler_version(target), sparsert=__version__,
+            source=what, target=target, arch=arch, options=list(self.options), backend=self.backend,
+            compiler=compiler_version(target, self.backend), sparsert=__version__,
         )
 
     def try_load(self) -> Artifact | None:
@@ -60,20 +118,34 @@ class UnitBuild:
         return Artifact(binary=entry.payload, info=entry.meta, cached=True)
 
     def build(self) -> Artifact:
-        name = f"{self.unit.kernel_name}{'.cu' if self.target == 'cuda' else '.hip'}"
-        if self.target == "cuda":
+        if self.backend == "ptx":
+            from .ptx import render_ptx
+            from .ptxas import assemble
+
+            t0 = time.perf_counter()
+            ptx_unit = render_ptx(self.schedule, self.arch, slabs=(self.unit.index,))[0]
+            rendered = time.perf_counter() - t0
+            r = assemble(ptx_unit.source, arch=self.arch, name=f"{self.unit.kernel_name}.ptx",
+                         options=self.options)
+            info = self._info(r, "ptx") | {"render_seconds": rendered, "ptx_bytes": len(ptx_unit.source)}
+            return Artifact(binary=r.cubin, info=info)
+        if self.backend == "nvrtc":
             from .nvrtc import compile_cuda
 
-            r = compile_cuda(self.unit.source, arch=self.arch, name=name, options=self.options)
-            info = {"registers": r.registers, "spill_stores": r.spill_stores,
-                    "spill_loads": r.spill_loads, "compile_seconds": r.seconds, "log": r.log}
-            return Artifact(binary=r.cubin, info=info)
+            r = compile_cuda(self.unit.source, arch=self.arch, name=f"{self.unit.kernel_name}.cu",
+                             options=self.options)
+            return Artifact(binary=r.cubin, info=self._info(r, "nvrtc"))
         from .hipcc import compile_hip
 
-        r = compile_hip(self.unit.source, arch=self.arch, name=name)
+        r = compile_hip(self.unit.source, arch=self.arch, name=f"{self.unit.kernel_name}.hip")
         info = {"registers": None, "spill_stores": None, "spill_loads": None,
-                "compile_seconds": r.seconds, "log": r.log}
+                "compile_seconds": r.seconds, "log": r.log, "backend": "hipcc"}
         return Artifact(binary=r.code_object, info=info)
+
+    @staticmethod
+    def _info(r, backend: str) -> dict:
+        return {"registers": r.registers, "spill_stores": r.spill_stores, "spill_loads": r.spill_loads,
+                "compile_seconds": r.seconds, "log": r.log, "backend": backend}
 
     def load(self) -> Artifact:
         hit = self.try_load()
@@ -91,28 +163,48 @@ class UnitBuild:
 
 
 Progress = Callable[[int, int, Artifact], None]
+"""progress(done, total, artifact): called once per unit as it finishes (cached ones included)."""
 
 
 def compile_units(units: Sequence[Unit], *, target: str, arch: str, use_cache: bool = True,
-                  jobs: int | None = None, progress: Progress | None = None) -> list[Artifact]:
-    """Compile every unit (in parallel), returning artifacts in unit order."""
+                  jobs: int | None = None, progress: Progress | None = None,
+                  schedule: Schedule | None = None, backend: str | None = None) -> list[Artifact]:
+    """Compile every unit (in parallel), returning artifacts in unit order.
+
+    `schedule`: the Schedule the units were rendered from; the PTX backend renders from it.
+    `backend`: 'ptx', 'nvrtc' or 'auto' for CUDA (None: SPARSERT_BACKEND); ignored for HIP.
+    """
     s = settings()
     cache = KernelCache(s.cache_dir) if (use_cache and s.cache_enabled) else None
-    builds = [UnitBuild(u, target=target, arch=arch, cache=cache) for u in units]
-    jobs = max(1, min(jobs or s.jobs, len(builds)))
+    kind = resolve_backend(target, backend, schedule=schedule)
+    builds = [UnitBuild(u, target=target, arch=arch, cache=cache, backend=kind, schedule=schedule)
+              for u in units]
     results: list[Artifact | None] = [None] * len(builds)
-    start = time.perf_counter()
+    # Cache hits first, in order, on this thread: a warm cache starts no pool and renders nothing.
+    todo, done = [], 0
+    for i, b in enumerate(builds):
+        results[i] = b.try_load()
+        if results[i] is None:
+            todo.append(i)
+            continue
+        done += 1
+        if progress:
+            progress(done, len(builds), results[i])
+    jobs = max(1, min(jobs or s.jobs, len(todo) or 1))
     if jobs == 1:
-        for i, b in enumerate(builds):
-            results[i] = b.load()
+        for i in todo:
+            results[i] = builds[i].load()
+            done += 1
             if progress:
-                progress(i + 1, len(builds), results[i])
+                progress(done, len(builds), results[i])
     else:
+        # Biggest slabs first, so the last worker to finish is not the one holding the giant.
+        todo.sort(key=lambda i: -units[i].nnz)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(b.load): i for i, b in enumerate(builds)}
-            for done, fut in enumerate(as_completed(futures), 1):
+            futures = {pool.submit(builds[i].load): i for i in todo}
+            for fut in as_completed(futures):
                 results[futures[fut]] = fut.result()
+                done += 1
                 if progress:
                     progress(done, len(builds), results[futures[fut]])
-    del start
     return [r for r in results if r is not None]

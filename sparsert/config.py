@@ -13,6 +13,11 @@ from .errors import OptionsError
 
 DEFAULT_ARCH = "sm_90"  # used when no GPU is present and no --arch is given (H100/H200)
 DEFAULT_HIP_ARCH = "gfx90a"
+# Nonzeros per compiled slab. ptxas time grows about quadratically with the size of one kernel
+# function (benchmarks/COMPILE_TIME.md), so big weights are cut into slabs that assemble in
+# parallel; each slab is one launch, so slabs should not be much smaller than this.
+DEFAULT_MAX_SLAB_NNZ = 2048
+BACKENDS = ("auto", "ptx", "nvrtc")
 
 
 def _int(name: str, default: int, minimum: int = 1) -> int:
@@ -39,6 +44,13 @@ def _bool(name: str, default: bool) -> bool:
     raise OptionsError(f"environment variable {name}={raw!r}: expected 0/1/true/false")
 
 
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = os.environ.get(name) or default
+    if raw not in choices:
+        raise OptionsError(f"environment variable {name}={raw!r}: expected one of {', '.join(choices)}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     cache_dir: Path
@@ -53,6 +65,9 @@ class Settings:
     """SPARSERT_JOBS: parallel compiler processes (default: the machine's cores)."""
     max_slab_nnz: int
     """SPARSERT_MAX_SLAB_NNZ: nonzeros per compiled slab above which a kernel is split."""
+    backend: str
+    """SPARSERT_BACKEND: CUDA code path, 'ptx' (PTX emitter + ptxas), 'nvrtc' (CUDA C++ through
+    NVRTC) or 'auto' (default: ptx where ptxas is installed, else nvrtc)."""
     hipcc: str
     """SPARSERT_HIPCC: the hipcc executable."""
     cxx: str
@@ -69,7 +84,8 @@ def settings() -> Settings:
         default_arch=os.environ.get("SPARSERT_ARCH") or DEFAULT_ARCH,
         hip_arch=os.environ.get("SPARSERT_HIP_ARCH") or DEFAULT_HIP_ARCH,
         jobs=_int("SPARSERT_JOBS", os.cpu_count() or 1),
-        max_slab_nnz=_int("SPARSERT_MAX_SLAB_NNZ", 16384),
+        max_slab_nnz=_int("SPARSERT_MAX_SLAB_NNZ", DEFAULT_MAX_SLAB_NNZ),
+        backend=_choice("SPARSERT_BACKEND", "auto", BACKENDS),
         hipcc=os.environ.get("SPARSERT_HIPCC") or "hipcc",
         cxx=os.environ.get("SPARSERT_CXX") or "g++",
     )

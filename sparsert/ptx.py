@@ -1,0 +1,298 @@
+"""Schedule -> PTX, one module per slab: the unrolled body written straight in PTX (no NVVM).
+
+The CUDA path (render.py -> NVRTC) spends about half its time in NVVM turning a long, flat
+program into PTX that is already nearly a 1:1 listing of the source. This emitter writes that
+listing itself and leaves only ptxas (ptxas.py) to run. It follows the CUDA template operation
+for operation, so the kernels compute the same numbers bit for bit:
+
+* accumulators start at +0.0 and every nonzero is ``fma.rn.f32 acc, b, 0f<bits>, acc`` in the
+  same (k, slot) order as ``F(s, w)``; the first FMA keeps its +0.0 addend, exactly as NVVM does,
+  so ptxas cannot turn it into an FMUL (which would differ on -0.0);
+* B rows are read with ``ld.global.nc`` (vec-wide), partial sums meet in shared memory in group
+  order (``P``/``Q``), and the epilogue adds bias then residual, then clamps (``max.f32``), and
+  stores only in-range columns (predicated, like ``if (live)``);
+* same kernel names, launch geometry and parameters as render.render, so a unit from here is a
+  drop-in replacement for the CUDA unit at launch time.
+
+Registers are named, not SSA: ``%a<slot*vec+lane>`` accumulators, ``%b<lane>`` the row of B just
+loaded. ptxas renames them itself; reusing names keeps the PTX short (about 55 bytes per FMA).
+
+Only plain (batched) SpMM schedules: `unsupported()` names any Schedule field this emitter does
+not know (a convolution's implicit im2col, a later extension) so callers fall back to NVRTC
+instead of emitting a kernel that ignores it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .errors import OptionsError
+from .plan import BlockWork, GroupWork, Schedule
+from .render import Unit, kernel_base_name
+
+_MAX_IMM_OFFSET = 2**31 - 1  # PTX address immediates are signed 32-bit
+
+
+# Every Schedule field the emitter reads or may ignore (notes). Any other field must be at its default.
+_KNOWN_FIELDS = frozenset((
+    "m", "k", "n", "threads_x", "vec", "groups", "rows_per_block", "blocks", "slabs", "bias_bits",
+    "relu", "residual", "weight_digest", "batch", "batch_stride_b", "batch_stride_c", "extra"))
+
+
+def unsupported(s: Schedule) -> str | None:
+    """Why this emitter cannot render `s` (None when it can)."""
+    if s.vec not in (1, 2, 4):
+        return f"vec={s.vec}"
+    for f in dataclasses.fields(s):
+        if f.name in _KNOWN_FIELDS:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        if getattr(s, f.name) != default:
+            return f"schedule field {f.name!r} is set"
+    return None
+
+
+@lru_cache(maxsize=1)
+def emitter_digest() -> str:
+    """Hash of this file: part of the cache key, so any change to the emitter rebuilds kernels."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+_PTX_ISA = {100: "8.6", 101: "8.6", 103: "8.8", 110: "9.0", 120: "8.7", 121: "8.8"}
+
+
+def ptx_isa_version(arch: str) -> str:
+    """The oldest PTX ISA that knows `arch` (newer assemblers accept older ISAs)."""
+    sm = int(arch[3:].rstrip("af"))
+    if arch.endswith("f"):  # family-specific targets arrived with PTX 8.8
+        return "8.8"
+    if sm <= 90:
+        return "8.0" if arch.endswith("a") else "7.8"
+    return _PTX_ISA.get(sm, "9.0")
+
+
+def _hex_words(bits: np.ndarray) -> list[str]:
+    """uint32 array -> list of 8-digit upper-case hex strings, vectorised (formatting dominates)."""
+    text = np.ascontiguousarray(bits, dtype=">u4").tobytes().hex().upper()
+    return [text[i:i + 8] for i in range(0, len(text), 8)]
+
+
+class _Emitter:
+    """Builds one slab's PTX. Holds the per-schedule templates; `slab()` returns the text."""
+
+    def __init__(self, s: Schedule, arch: str):
+        why = unsupported(s)
+        if why is not None:
+            raise OptionsError(f"the PTX backend cannot render this schedule ({why}); use backend='nvrtc'")
+        self.s = s
+        self.arch = arch
+        v = s.vec
+        self.row_bytes = 4 * s.n  # one row of B, C or R
+        self.red_bytes = 4 * v  # one thread's slot in shared memory
+        width = "" if v == 1 else f".v{v}"
+        self.width = width
+        self.breg = "%b0" if v == 1 else "{" + ", ".join(f"%b{i}" for i in range(v)) + "}"
+        # One nonzero = `vec` FMAs; printf-style template per slot, filled with the weight's hex.
+        self.fma = [
+            "".join(f"\tfma.rn.f32 \t%%a{slot * v + i}, %%b{i}, 0f%s, %%a{slot * v + i};\n" for i in range(v))
+            for slot in range(s.rows_per_block)
+        ]
+
+    # -- addressing -------------------------------------------------------------------------
+    def _addr(self, base: str, offset: int, out: list[str]) -> str:
+        """`[base+offset]`, or a computed address when the offset is past a 32-bit immediate."""
+        if offset <= _MAX_IMM_OFFSET:
+            return f"[{base}+{offset}]" if offset else f"[{base}]"
+        out.append(f"\tadd.s64 \t%rd15, {base}, {offset};\n")
+        return "[%rd15]"
+
+    def _load_b(self, k: int, out: list[str]) -> None:
+        addr = self._addr("%rd1", k * self.row_bytes, out)
+        out.append(f"\tld.global.nc{self.width}.f32 \t{self.breg}, {addr};\n")
+
+    # -- pieces of a block ------------------------------------------------------------------
+    def _group_body(self, work: GroupWork, out: list[str]) -> None:
+        k, slot, bits = work.arrays()
+        if len(k) == 0:
+            return
+        words = _hex_words(bits)
+        fma = self.fma
+        v = self.s.vec
+        starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]).tolist() + [len(k)]
+        ks, slots = k.tolist(), slot.tolist()
+        for a, b in zip(starts[:-1], starts[1:]):
+            self._load_b(ks[a], out)
+            for i in range(a, b):
+                w = words[i]
+                out.append(fma[slots[i]] % ((w,) * v))
+
+    def _red_offset(self, group: int, slot: int) -> int:
+        s = self.s
+        return (group * s.rows_per_block + slot) * s.threads_x * self.red_bytes
+
+    def _partial(self, group: int, slot: int, out: list[str]) -> None:  # P(s)
+        v = self.s.vec
+        regs = f"%a{slot * v}" if v == 1 else "{" + ", ".join(f"%a{slot * v + i}" for i in range(v)) + "}"
+        out.append(f"\tst.shared{self.width}.f32 \t[%r20+{self._red_offset(group, slot)}], {regs};\n")
+
+    def _gather(self, slot: int, group: int, out: list[str]) -> None:  # Q(s, g)
+        v = self.s.vec
+        regs = "%t0" if v == 1 else "{" + ", ".join(f"%t{i}" for i in range(v)) + "}"
+        out.append(f"\tld.shared{self.width}.f32 \t{regs}, [%r20+{self._red_offset(group, slot)}];\n")
+        for i in range(v):
+            out.append(f"\tadd.rn.f32 \t%a{slot * v + i}, %a{slot * v + i}, %t{i};\n")
+
+    def _store(self, slot: int, row: int, out: list[str]) -> None:  # S(s, row[, bias])
+        s, v = self.s, self.s.vec
+        offset = row * self.row_bytes
+        if s.residual:
+            regs = "%q0" if v == 1 else "{" + ", ".join(f"%q{i}" for i in range(v)) + "}"
+            addr = self._addr("%rd3", offset, out)
+            out.append(f"\t@%p1 ld.global.nc{self.width}.f32 \t{regs}, {addr};\n")
+        names = []
+        for i in range(v):
+            acc = f"%a{slot * v + i}"
+            if s.bias_bits is None and not s.residual and not s.relu:
+                names.append(acc)
+                continue
+            cur = acc
+            if s.bias_bits is not None:
+                out.append(f"\tadd.rn.f32 \t%o{i}, {cur}, 0f{s.bias_bits[row]:08X};\n")
+                cur = f"%o{i}"
+            if s.residual:
+                out.append(f"\tadd.rn.f32 \t%o{i}, {cur}, %q{i};\n")
+                cur = f"%o{i}"
+            if s.relu:
+                out.append(f"\tmax.f32 \t%o{i}, {cur}, 0f00000000;\n")
+            names.append(f"%o{i}")
+        regs = names[0] if v == 1 else "{" + ", ".join(names) + "}"
+        addr = self._addr("%rd2", offset, out)
+        out.append(f"\t@%p1 st.global{self.width}.f32 \t{addr}, {regs};\n")
+
+    def _dispatch(self, reg: str, labels: list[str], out: list[str], prefix: str, uniform: bool) -> None:
+        """Branch to labels[reg] by binary search (the register is known to be in range)."""
+        bra = "bra.uni" if uniform else "bra"
+
+        def node(lo: int, hi: int, name: str | None) -> None:
+            if name:
+                out.append(f"{name}:\n")
+            if hi - lo == 1:
+                out.append(f"\tbra.uni \t{labels[lo]};\n")
+                return
+            mid = (lo + hi) // 2
+            left = f"{prefix}_{lo}_{mid}"
+            out.append(f"\tsetp.lt.u32 \t%p2, {reg}, {mid};\n\t@%p2 {bra} \t{left};\n")
+            node(mid, hi, None)
+            node(lo, mid, left)
+
+        node(0, len(labels), None)
+
+    def _block(self, index: int, block: BlockWork, out: list[str]) -> None:
+        s, v = self.s, self.s.vec
+        label = f"$B{index}"
+        out.append(f"{label}:\n")
+        out.append("".join(f"\tmov.f32 \t%a{j}, 0f00000000;\n" for j in range(len(block.rows) * v)))
+        if s.groups == 1:
+            self._group_body(block.groups[0], out)
+            for i, row in enumerate(block.rows):
+                self._store(i, row, out)
+            out.append("\tret;\n")
+            return
+        # Same split-K epilogue as render._block_body: slot i is finished by group i % groups.
+        users = block.slot_users()
+        owner = [i % s.groups for i in range(len(block.rows))]
+        uniform = s.threads_x % 32 == 0  # threadIdx.y is warp-uniform only when warps do not straddle groups
+        groups = [f"{label}g{g}" for g in range(s.groups)]
+        self._dispatch("%r4", groups, out, f"{label}d", uniform)
+        for g, work in enumerate(block.groups):
+            out.append(f"{groups[g]}:\n")
+            self._group_body(work, out)
+            for i, u in enumerate(users):
+                if g in u and owner[i] != g:
+                    self._partial(g, i, out)
+            out.append(f"\tbra.uni \t{label}y;\n")
+        out.append(f"{label}y:\n\tbar.sync \t0;\n")
+        ends = [f"{label}e{g}" for g in range(s.groups)]
+        self._dispatch("%r4", ends, out, f"{label}f", uniform)
+        for g in range(s.groups):
+            out.append(f"{ends[g]}:\n")
+            for i, row in enumerate(block.rows):
+                if owner[i] == g:
+                    for h in users[i]:
+                        if h != g:
+                            self._gather(i, h, out)
+                    self._store(i, row, out)
+            out.append("\tret;\n")
+
+    # -- the module -------------------------------------------------------------------------
+    def slab(self, index: int, name: str) -> str:
+        s, v = self.s, self.s.vec
+        start, stop = s.slabs[index]
+        blocks = s.blocks[start:stop]
+        nnz = sum(b.nnz for b in blocks)
+        params = ["B", "C"] + (["R"] if s.residual else [])
+        out = [
+            f"// Generated by sparsert (PTX emitter {emitter_digest()}): slab {index + 1}/{len(s.slabs)} of\n"
+            f"// {s.m} x {s.k} sparse ({s.nnz} nonzeros) @ {s.k} x {s.n} dense; blocks {start}..{stop - 1}, "
+            f"{nnz} nonzeros; schedule {s.threads_x} x {v} columns, {s.groups} group(s), "
+            f"{s.rows_per_block} rows per block\n",
+            f".version {ptx_isa_version(self.arch)}\n.target {self.arch}\n.address_size 64\n\n",
+            f".visible .entry {name}(\n",
+            ",\n".join(f"\t.param .u64 {name}_{p}" for p in params) + "\n)\n",
+            f".maxntid {s.threads_x * s.groups}, 1, 1\n{{\n",
+            "\t.reg .pred \t%p<3>;\n\t.reg .b32 \t%r<24>;\n\t.reg .b64 \t%rd<16>;\n",
+            f"\t.reg .f32 \t%a<{max(1, s.rows_per_block * v)}>;\n",
+            f"\t.reg .f32 \t%b<{v}>;\n\t.reg .f32 \t%t<{v}>;\n\t.reg .f32 \t%q<{v}>;\n\t.reg .f32 \t%o<{v}>;\n",
+        ]
+        if s.groups > 1:
+            out.append(f"\t.shared .align 16 .b8 \t{name}_red[{s.shared_floats * 4}];\n")
+        # r1 tx, r2 ctaid.y, r3 ctaid.x, r4 tid.y, r5 ctaid.z, r6 col, r7 min(col, n - vec)
+        out.append(
+            f"\tld.param.u64 \t%rd4, [{name}_B];\n\tld.param.u64 \t%rd5, [{name}_C];\n"
+            "\tcvta.to.global.u64 \t%rd4, %rd4;\n\tcvta.to.global.u64 \t%rd5, %rd5;\n"
+            "\tmov.u32 \t%r1, %tid.x;\n\tmov.u32 \t%r2, %ctaid.y;\n\tmov.u32 \t%r3, %ctaid.x;\n"
+            "\tmov.u32 \t%r4, %tid.y;\n\tmov.u32 \t%r5, %ctaid.z;\n"
+            f"\tmul.lo.s32 \t%r6, %r2, {s.tile_n};\n\tmad.lo.s32 \t%r6, %r1, {v}, %r6;\n"
+            f"\tsetp.lt.s32 \t%p1, %r6, {s.n};\n\tmin.s32 \t%r7, %r6, {s.n - v};\n"
+            # B + blockIdx.z * stride_b + min(col, n - vec): 32-bit unsigned product, as in C++
+            f"\tmul.lo.s32 \t%r8, %r5, {s.batch_stride_b};\n\tcvt.u64.u32 \t%rd6, %r8;\n"
+            "\tcvt.s64.s32 \t%rd7, %r7;\n\tadd.s64 \t%rd6, %rd6, %rd7;\n"
+            "\tshl.b64 \t%rd6, %rd6, 2;\n\tadd.s64 \t%rd1, %rd4, %rd6;\n"
+            f"\tmul.lo.s32 \t%r9, %r5, {s.batch_stride_c};\n\tcvt.u64.u32 \t%rd8, %r9;\n"
+            "\tcvt.s64.s32 \t%rd9, %r6;\n\tadd.s64 \t%rd8, %rd8, %rd9;\n"
+            "\tshl.b64 \t%rd8, %rd8, 2;\n\tadd.s64 \t%rd2, %rd5, %rd8;\n"
+        )
+        if s.residual:
+            out.append(f"\tld.param.u64 \t%rd10, [{name}_R];\n\tcvta.to.global.u64 \t%rd10, %rd10;\n"
+                       "\tadd.s64 \t%rd3, %rd10, %rd8;\n")
+        if s.groups > 1:
+            out.append(f"\tmov.u32 \t%r20, {name}_red;\n\tmad.lo.s32 \t%r20, %r1, {self.red_bytes}, %r20;\n")
+        labels = [f"$B{i}" for i in range(len(blocks))]
+        self._dispatch("%r3", labels, out, "$D", True)
+        for i, block in enumerate(blocks):
+            self._block(i, block, out)
+        out.append("}\n")
+        return "".join(out)
+
+
+def render_ptx(s: Schedule, arch: str, slabs: tuple[int, ...] | None = None) -> tuple[Unit, ...]:
+    """PTX units for the schedule's slabs (all, or the given indices): same names and launch
+    geometry as render.render(s). Deterministic: same schedule and arch, same bytes."""
+    em = _Emitter(s, arch)
+    base = kernel_base_name(s)
+    units = []
+    for index in (range(len(s.slabs)) if slabs is None else slabs):
+        start, stop = s.slabs[index]
+        name = base if len(s.slabs) == 1 else f"{base}_s{index}"
+        units.append(Unit(
+            index=index, kernel_name=name, source=em.slab(index, name),
+            grid=(stop - start, s.grid_n, s.batch), block=(s.threads_x, s.groups, 1),
+            first_block=start, nnz=sum(s.blocks[i].nnz for i in range(start, stop)),
+        ))
+    return tuple(units)

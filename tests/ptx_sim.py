@@ -1,0 +1,208 @@
+"""A tiny PTX interpreter for the subset sparsert.ptx emits, with exact IEEE float32 semantics.
+
+Tests use it to run the PTX backend's kernels on the CPU (no GPU here) and compare them bit for
+bit with a reference model of the CUDA template's arithmetic (same FMA order, same split-K sums).
+FMA is a single rounding (computed exactly with Fractions, then rounded to nearest-even float32),
+which plain float32 or float64 arithmetic would not give. Slow (Python per instruction): for
+matrices of a few hundred nonzeros only.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+import numpy as np
+
+F32 = np.float32
+
+
+def round_f32(q: Fraction) -> np.float32:
+    """The float32 nearest to q (ties to even). q != 0."""
+    x = F32(float(q))  # within one ulp of the answer (double rounding at worst)
+    best = None
+    for c in (x, np.nextafter(x, F32(np.inf)), np.nextafter(x, F32(-np.inf))):
+        if not np.isfinite(c):
+            continue
+        key = (abs(Fraction(float(c)) - q), int(np.array(c, F32).view(np.uint32)) & 1)
+        if best is None or key < best[0]:
+            best = (key, c)
+    return F32(best[1])
+
+
+def fma32(a, b, c) -> np.float32:
+    """fma.rn.f32: a * b + c rounded once."""
+    a, b, c = F32(a), F32(b), F32(c)
+    q = Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))
+    if q == 0:
+        p_neg = np.signbit(a) != np.signbit(b)
+        return F32(-0.0) if (p_neg and np.signbit(c)) else F32(0.0)
+    return round_f32(q)
+
+
+def add32(a, b) -> np.float32:
+    return F32(a) + F32(b)  # numpy adds float32 in float32: correctly rounded
+
+
+def max32(a, b) -> np.float32:
+    a, b = F32(a), F32(b)
+    if np.isnan(a):
+        return b
+    if np.isnan(b):
+        return a
+    if a == b == 0:
+        return F32(-0.0) if (np.signbit(a) and np.signbit(b)) else F32(0.0)
+    return a if a > b else b
+
+
+def _f32_imm(tok: str) -> np.float32:
+    return np.array(int(tok[2:], 16), dtype=np.uint32).view(F32)[()]
+
+
+# Exactly the opcodes sparsert.ptx emits; anything else (another rounding mode, ftz...) is refused.
+_OPS = frozenset(
+    "bra bra.uni ret bar.sync ld.param.u64 cvta.to.global.u64 mov.u32 mov.f32 cvt.u64.u32 cvt.s64.s32 "
+    "mul.lo.s32 mad.lo.s32 min.s32 shl.b64 setp.lt.s32 setp.lt.u32 add.s64 add.rn.f32 fma.rn.f32 "
+    "max.f32 ld.global.nc.f32 ld.global.nc.v2.f32 ld.global.nc.v4.f32 ld.shared.f32 ld.shared.v2.f32 "
+    "ld.shared.v4.f32 st.shared.f32 st.shared.v2.f32 st.shared.v4.f32 st.global.f32 st.global.v2.f32 "
+    "st.global.v4.f32".split())
+_INSN = re.compile(r"^(?:@(?P<neg>!?)(?P<pred>%p\d+)\s+)?(?P<op>[a-z][\w.]*)\s*(?P<args>.*?);$")
+
+
+class Program:
+    """One PTX module with one .entry: instructions, labels, parameter names, shared symbol."""
+
+    def __init__(self, ptx: str):
+        self.insns: list[tuple] = []
+        self.labels: dict[str, int] = {}
+        self.params: list[str] = re.findall(r"\.param \.u64 (\S+?)[,\n)]", ptx)
+        m = re.search(r"\.shared .*?(\S+)\[(\d+)\];", ptx)
+        self.shared_name, self.shared_bytes = (m.group(1), int(m.group(2))) if m else (None, 0)
+        body = ptx[ptx.index("{", ptx.index(".entry")) + 1:]
+        for raw in body.splitlines():
+            line = raw.strip()
+            if not line or line.startswith(("//", ".reg", ".shared", "}")):
+                continue
+            if line.endswith(":"):
+                self.labels[line[:-1]] = len(self.insns)
+                continue
+            mm = _INSN.match(line)
+            if mm is None:
+                raise ValueError(f"cannot parse PTX line: {line!r}")
+            args = [a.strip() for a in re.split(r",(?![^{]*})", mm.group("args")) if a.strip()]
+            self.insns.append((mm.group("pred"), mm.group("neg") == "!", mm.group("op"), args))
+
+
+class Memory:
+    """Global buffers at fixed fake addresses (bytes), float32 elements."""
+
+    def __init__(self, arrays: list[np.ndarray]):
+        self.bases = [(i + 1) << 40 for i in range(len(arrays))]
+        self.arrays = [a.reshape(-1) for a in arrays]
+
+    def locate(self, addr: int) -> tuple[np.ndarray, int]:
+        for base, arr in zip(self.bases, self.arrays):
+            if base <= addr < base + 4 * arr.size:
+                assert (addr - base) % 4 == 0, "misaligned access"
+                return arr, (addr - base) // 4
+        raise IndexError(f"global access out of every buffer: {addr:#x}")
+
+
+def _thread(prog: Program, mem: Memory, shared: np.ndarray, tid, ctaid):
+    regs: dict[str, object] = {}
+    special = {"%tid.x": tid[0], "%tid.y": tid[1], "%tid.z": 0,
+               "%ctaid.x": ctaid[0], "%ctaid.y": ctaid[1], "%ctaid.z": ctaid[2]}
+    params = dict(zip(prog.params, mem.bases))
+
+    def val(tok: str):
+        if tok.startswith("%"):
+            return special[tok] if tok in special else regs[tok]
+        if tok.startswith("0f"):
+            return _f32_imm(tok)
+        if tok == prog.shared_name:
+            return 0
+        return int(tok)
+
+    def addr(tok: str) -> int:
+        inner = tok.strip("[]")
+        base, _, off = inner.partition("+")
+        return (params[base] if base in params else val(base)) + (int(off) if off else 0)
+
+    def regs_of(tok: str) -> list[str]:
+        return [r.strip() for r in tok.strip("{}").split(",")]
+
+    pc = 0
+    while pc < len(prog.insns):
+        pred, neg, op, a = prog.insns[pc]
+        pc += 1
+        if pred is not None and bool(regs[pred]) == neg:
+            continue
+        if op not in _OPS:
+            raise NotImplementedError(f"PTX op {op} (not in the simulated subset)")
+        parts = op.split(".")
+        name = parts[0]
+        if name == "bra":
+            pc = prog.labels[a[0]]
+        elif name == "ret":
+            return
+        elif name == "bar":
+            yield
+        elif name == "ld" and parts[1] == "param":
+            regs[a[0]] = params[a[1].strip("[]")]
+        elif name in ("cvta", "mov", "cvt"):
+            regs[a[0]] = val(a[1])
+        elif name == "mul":
+            regs[a[0]] = (val(a[1]) * val(a[2])) & 0xFFFFFFFF
+        elif name == "mad":
+            regs[a[0]] = (val(a[1]) * val(a[2]) + val(a[3])) & 0xFFFFFFFF
+        elif name == "min":
+            regs[a[0]] = min(val(a[1]), val(a[2]))
+        elif name == "shl":
+            regs[a[0]] = val(a[1]) << val(a[2])
+        elif name == "setp":
+            assert parts[1] == "lt", op
+            regs[a[0]] = val(a[1]) < val(a[2])
+        elif name == "add" and parts[1] == "s64":
+            regs[a[0]] = val(a[1]) + val(a[2])
+        elif name == "add":
+            regs[a[0]] = add32(val(a[1]), val(a[2]))
+        elif name == "fma":
+            regs[a[0]] = fma32(val(a[1]), val(a[2]), val(a[3]))
+        elif name == "max":
+            regs[a[0]] = max32(val(a[1]), val(a[2]))
+        elif name == "ld":
+            dst = regs_of(a[0])
+            if parts[1] == "shared":
+                i = addr(a[1]) // 4
+                vals = shared[i:i + len(dst)]
+            else:
+                arr, i = mem.locate(addr(a[1]))
+                vals = arr[i:i + len(dst)]
+            assert len(vals) == len(dst), "vector access past the end of a buffer"
+            for r, v in zip(dst, vals):
+                regs[r] = F32(v)
+        elif name == "st":
+            src = [F32(regs[r]) for r in regs_of(a[1])]
+            if parts[1] == "shared":
+                i = addr(a[0]) // 4
+                shared[i:i + len(src)] = src
+            else:
+                arr, i = mem.locate(addr(a[0]))
+                assert i + len(src) <= arr.size
+                arr[i:i + len(src)] = src
+        else:
+            raise NotImplementedError(f"PTX op {op}")
+
+
+def launch(ptx: str, grid, block, arrays: list[np.ndarray]) -> None:
+    """Run one kernel launch; `arrays` are the kernel's pointer arguments, in order (written in place)."""
+    prog = Program(ptx)
+    mem = Memory(arrays)
+    for z in range(grid[2]):
+        for y in range(grid[1]):
+            for x in range(grid[0]):
+                shared = np.zeros(max(1, prog.shared_bytes // 4), dtype=F32)
+                threads = [_thread(prog, mem, shared, (tx, ty), (x, y, z))
+                           for ty in range(block[1]) for tx in range(block[0])]
+                while threads:  # run every thread to its next barrier (or its end), then repeat
+                    threads = [t for t in threads if next(t, StopIteration) is not StopIteration]

@@ -1,0 +1,277 @@
+"""Compile path at scale (issue 6): slabs, parallel = serial, warm cache, and the PTX backend.
+
+Fast tests only (small matrices). The PTX backend's numbers are checked without a GPU by running
+its PTX in tests/ptx_sim.py (exact float32 FMA) against a reference model of the CUDA template's
+arithmetic, and its CUBINs against the NVRTC path's: same FFMA immediates, nnz x vec of them.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import numpy as np
+import ptx_sim  # tests/ptx_sim.py (pytest puts tests/ on sys.path)
+import pytest
+import scipy.sparse as sp
+
+from sparsert import compiler, ptx
+from sparsert.compiler import compile_units, resolve_backend
+from sparsert.config import DEFAULT_MAX_SLAB_NNZ, settings
+from sparsert.errors import CompileError, OptionsError
+from sparsert.options import KernelOptions
+from sparsert.plan import plan
+from sparsert.ptxas import assemble, find_ptxas
+from sparsert.render import render
+from sparsert.weights import load_weight
+
+ARCH = "sm_90"
+needs_ptxas = pytest.mark.skipif(find_ptxas() is None, reason="ptxas not installed (pip install nvidia-cuda-nvcc)")
+
+
+def _weight(m: int, k: int, density: float, seed: int):
+    rng = np.random.default_rng(seed)
+    a = sp.random(m, k, density=density, random_state=rng, dtype=np.float32).toarray()
+    a[a != 0] -= 0.5  # both signs
+    return load_weight(a)
+
+
+def _schedule(w, *, budget=10**9, bias=None, batch=1, **opts):
+    m, k = w.shape
+    o = KernelOptions(**({"n": 16} | opts))
+    return plan(w.matrix, o, bias=bias, weight_digest=w.digest(), max_slab_nnz=budget, batch=batch,
+                batch_stride_b=k * o.n if batch > 1 else 0, batch_stride_c=m * o.n if batch > 1 else 0)
+
+
+# -- reference: the CUDA template's arithmetic, operation by operation ------------------------
+def reference(s, B: np.ndarray, R: np.ndarray | None) -> np.ndarray:
+    """C as the CUDA source computes it: per group, acc = fma(b, w, acc) from +0 in (k, slot)
+    order; the slot's owner (slot % groups) adds the other users' partials in group order; then
+    + bias, + residual, relu."""
+    f32 = np.float32
+    C = np.zeros((s.batch, s.m, s.n), dtype=f32)
+    for z in range(s.batch):
+        for block in s.blocks:
+            users = block.slot_users()
+            for slot, row in enumerate(block.rows):
+                for col in range(s.n):
+                    accs = {}
+                    for g, work in enumerate(block.groups):
+                        acc = f32(0.0)
+                        k, sl, bits = work.arrays()
+                        for kk, ss, ww in zip(k.tolist(), sl.tolist(), bits.view(f32).tolist()):
+                            if ss == slot:
+                                acc = ptx_sim.fma32(B[z, kk, col], f32(ww), acc)
+                        accs[g] = acc
+                    owner = slot % s.groups
+                    out = accs[owner]
+                    for h in users[slot]:
+                        if h != owner:
+                            out = ptx_sim.add32(out, accs[h])
+                    if s.bias_bits is not None:
+                        out = ptx_sim.add32(out, np.array(s.bias_bits[row], np.uint32).view(f32)[()])
+                    if s.residual:
+                        out = ptx_sim.add32(out, R[z, row, col])
+                    if s.relu:
+                        out = ptx_sim.max32(out, f32(0.0))
+                    C[z, row, col] = out
+    return C
+
+
+def run_ptx(s, B: np.ndarray, R: np.ndarray | None) -> np.ndarray:
+    C = np.full((s.batch, s.m, s.n), np.nan, dtype=np.float32)  # every element must be written
+    for u in ptx.render_ptx(s, ARCH):
+        ptx_sim.launch(u.source, u.grid, u.block, [B, C] + ([R] if s.residual else []))
+    return C
+
+
+SIM_CASES = [
+    dict(vec=4, groups=2, rows_per_block=4, threads_x=4, relu=True, residual=True, bias=True, batch=2),
+    dict(vec=1, groups=3, rows_per_block=8, threads_x=8, bias=True),
+    dict(vec=2, groups=1, rows_per_block=5, threads_x=4, relu=True),
+    dict(vec=4, groups=1, rows_per_block=8, threads_x=2, n=20),  # N tail: clamped loads, masked stores
+]
+
+
+@pytest.mark.parametrize("case", SIM_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_ptx_computes_the_cuda_arithmetic_bit_for_bit(case):
+    case = dict(case)
+    w = _weight(13, 21, 0.3, seed=len(case))
+    bias = np.linspace(-1, 1, 13).astype(np.float32) if case.pop("bias", False) else None
+    batch = case.pop("batch", 1)
+    s = _schedule(w, budget=40, bias=bias, batch=batch, **case)
+    assert len(s.slabs) > 1  # several launches, first_block offsets exercised
+    rng = np.random.default_rng(1)
+    B = rng.standard_normal((batch, s.k, s.n)).astype(np.float32)
+    R = rng.standard_normal((batch, s.m, s.n)).astype(np.float32) if s.residual else None
+    got = run_ptx(s, B, R)
+    want = reference(s, B, R)
+    assert got.view(np.uint32).tolist() == want.view(np.uint32).tolist()
+    # and the reference is A @ B (+ bias, residual, relu) up to float32 rounding
+    dense = np.einsum("mk,zkn->zmn", w.matrix.toarray().astype(np.float64), B.astype(np.float64))
+    if bias is not None:
+        dense += bias[None, :, None]
+    if R is not None:
+        dense += R
+    if s.relu:
+        dense = np.maximum(dense, 0)
+    np.testing.assert_allclose(got, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_ptx_large_offsets_use_computed_addresses():
+    w = _weight(6, 700, 0.05, seed=3)
+    s = _schedule(w, n=1 << 20, vec=4, groups=1)  # k * n * 4 bytes passes 2**31 for k >= 512
+    text = ptx.render_ptx(s, ARCH)[0].source
+    assert "add.s64 \t%rd15, %rd1, " in text
+    assert max(int(x) for x in __import__("re").findall(r"\[%rd\d+\+(\d+)\]", text)) < 2**31
+
+
+def test_ptx_render_is_deterministic_and_matches_cuda_units():
+    w = _weight(40, 50, 0.2, seed=5)
+    s = _schedule(w, budget=60, n=64)
+    a, b = ptx.render_ptx(s, ARCH), ptx.render_ptx(s, ARCH)
+    cuda = render(s)
+    assert [u.source for u in a] == [u.source for u in b]
+    assert [(u.kernel_name, u.grid, u.block, u.first_block, u.nnz) for u in a] == \
+        [(u.kernel_name, u.grid, u.block, u.first_block, u.nnz) for u in cuda]
+    assert sum(u.source.count("fma.rn.f32") for u in a) == s.nnz * s.vec
+
+
+def test_ptx_isa_versions():
+    assert ptx.ptx_isa_version("sm_80") == "7.8"
+    assert ptx.ptx_isa_version("sm_90") == "7.8"
+    assert ptx.ptx_isa_version("sm_90a") == "8.0"
+    assert ptx.ptx_isa_version("sm_100a") == "8.6"
+    assert ptx.ptx_isa_version("sm_120") == "8.7"
+    assert ptx.ptx_isa_version("sm_100f") == "8.8"
+
+
+# -- slabs ------------------------------------------------------------------------------------
+def test_slab_budget_splits_and_bounds_every_slab():
+    w = _weight(96, 80, 0.2, seed=7)
+    for budget in (50, 200, 1000):
+        s = _schedule(w, budget=budget, n=32, rows_per_block=4)
+        units = render(s)
+        assert sum(u.nnz for u in units) == s.nnz
+        for start, stop in s.slabs:  # over budget only when one block alone is
+            nnz = sum(s.blocks[i].nnz for i in range(start, stop))
+            assert nnz <= budget or stop - start == 1
+        assert [u.first_block for u in units] == [a for a, _ in s.slabs]
+    assert len(_schedule(w, budget=50, n=32, rows_per_block=4).slabs) > len(
+        _schedule(w, budget=1000, n=32, rows_per_block=4).slabs) >= 1
+
+
+def test_slab_budget_default_and_env(monkeypatch):
+    monkeypatch.delenv("SPARSERT_MAX_SLAB_NNZ", raising=False)
+    assert settings().max_slab_nnz == DEFAULT_MAX_SLAB_NNZ
+    monkeypatch.setenv("SPARSERT_MAX_SLAB_NNZ", "123")
+    assert settings().max_slab_nnz == 123
+    monkeypatch.setenv("SPARSERT_MAX_SLAB_NNZ", "0")
+    with pytest.raises(OptionsError):
+        settings()
+
+
+# -- backend choice ---------------------------------------------------------------------------
+def test_resolve_backend(monkeypatch):
+    s = _schedule(_weight(8, 8, 0.5, seed=1))
+    assert resolve_backend("hip", "ptx", schedule=s) == "hipcc"
+    assert resolve_backend("cuda", "nvrtc", schedule=s) == "nvrtc"
+    assert resolve_backend("cuda", "auto", schedule=None) == "nvrtc"  # nothing to render PTX from
+    with pytest.raises(OptionsError):
+        resolve_backend("cuda", "ptx", schedule=None)
+    with pytest.raises(OptionsError):
+        resolve_backend("cuda", "llvm", schedule=s)
+    monkeypatch.setenv("SPARSERT_BACKEND", "nvrtc")
+    assert resolve_backend("cuda", None, schedule=s) == "nvrtc"
+    monkeypatch.setenv("SPARSERT_BACKEND", "fast")
+    with pytest.raises(OptionsError):
+        settings()
+
+
+# -- compiling --------------------------------------------------------------------------------
+@needs_ptxas
+def test_ptx_and_nvrtc_cubins_carry_the_same_immediates():
+    from sparsert.sass import sass_stats
+
+    w = _weight(24, 40, 0.25, seed=11)
+    for opts in (dict(vec=4, groups=2, relu=True, residual=True), dict(vec=1, groups=1)):
+        s = _schedule(w, budget=100, n=32, rows_per_block=8, **opts)
+        units = render(s)
+        got = {be: [sass_stats(a.binary) for a in compile_units(
+            units, target="cuda", arch=ARCH, use_cache=False, jobs=1, schedule=s, backend=be)]
+            for be in ("ptx", "nvrtc")}
+        for p, n in zip(got["ptx"], got["nvrtc"]):
+            assert collections.Counter(p.immediate_bits) == collections.Counter(n.immediate_bits)
+            assert not p.spills
+        assert sum(x.ffma_imm for x in got["ptx"]) == s.nnz * s.vec
+
+
+@needs_ptxas
+def test_parallel_compile_equals_serial_byte_for_byte():
+    w = _weight(64, 48, 0.2, seed=13)
+    s = _schedule(w, budget=80, n=32, rows_per_block=4)
+    units = render(s)
+    assert len(units) >= 4
+    serial = compile_units(units, target="cuda", arch=ARCH, use_cache=False, jobs=1, schedule=s, backend="ptx")
+    parallel = compile_units(units, target="cuda", arch=ARCH, use_cache=False, jobs=3, schedule=s, backend="ptx")
+    assert [a.binary for a in serial] == [a.binary for a in parallel]
+    assert all(not a.cached for a in serial + parallel)
+
+
+@needs_ptxas
+def test_warm_cache_compiles_and_renders_nothing(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path))
+    w = _weight(48, 40, 0.2, seed=17)
+    s = _schedule(w, budget=80, n=32, rows_per_block=4)
+    units = render(s)
+    calls = []
+    cold = compile_units(units, target="cuda", arch=ARCH, jobs=2, schedule=s, backend="ptx",
+                         progress=lambda done, total, art: calls.append((done, total, art.cached)))
+    assert [c[:2] for c in calls] == [(i + 1, len(units)) for i in range(len(units))]
+    assert not any(c[2] for c in calls)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a warm cache must not build or render")
+
+    monkeypatch.setattr(compiler.UnitBuild, "build", boom)
+    monkeypatch.setattr(ptx, "render_ptx", boom)
+    calls.clear()
+    warm = compile_units(units, target="cuda", arch=ARCH, jobs=2, schedule=s, backend="ptx",
+                         progress=lambda done, total, art: calls.append((done, total, art.cached)))
+    assert [a.binary for a in warm] == [a.binary for a in cold]
+    assert all(a.cached for a in warm) and all(c[2] for c in calls) and len(calls) == len(units)
+    # a different schedule (one weight changed) is a different key: it would build
+    changed = dataclasses.replace(s, bias_bits=tuple([0x3F800000] * s.m))
+    with pytest.raises(AssertionError, match="warm cache"):
+        compile_units(render(changed), target="cuda", arch=ARCH, jobs=1, schedule=changed, backend="ptx")
+
+
+@needs_ptxas
+def test_ptxas_errors_name_the_unit():
+    with pytest.raises(CompileError, match="broken.ptx"):
+        assemble(".version 7.8\n.target sm_90\n.address_size 64\nnot ptx at all\n", arch=ARCH, name="broken.ptx")
+    with pytest.raises(OptionsError):
+        assemble("", arch="compute_90")
+
+
+def test_schedules_the_emitter_does_not_know_go_to_nvrtc():
+    s = _schedule(_weight(8, 9, 0.5, seed=2), n=9)  # n = ow * oh of a 3x3 image, k = c_in * 1 * 1
+    assert ptx.unsupported(s) is None
+    conv_geometry = getattr(__import__("sparsert.plan", fromlist=["x"]), "ConvGeometry", None)
+    if conv_geometry is None:
+        pytest.skip("no convolution schedules in this plan.py")
+    conv = dataclasses.replace(s, conv=conv_geometry(c_in=9, h=3, w=3, kh=1, kw=1, stride=(1, 1),
+                                                     padding=(0, 0), dilation=(1, 1)))
+    assert "conv" in ptx.unsupported(conv)
+    assert resolve_backend("cuda", "auto", schedule=conv) == "nvrtc"
+    with pytest.raises(OptionsError, match="conv"):
+        resolve_backend("cuda", "ptx", schedule=conv)
+    with pytest.raises(OptionsError, match="conv"):
+        ptx.render_ptx(conv, ARCH)
+
+
+def test_ptx_units_must_come_from_the_schedule_passed():
+    a = _schedule(_weight(8, 9, 0.5, seed=2))
+    b = _schedule(_weight(8, 9, 0.5, seed=3))
+    with pytest.raises(OptionsError, match="not rendered from this schedule"):
+        compiler.UnitBuild(render(a)[0], target="cuda", arch=ARCH, cache=None, backend="ptx", schedule=b)
