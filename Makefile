@@ -6,8 +6,15 @@ EXAMPLE := examples/rn50_bottleneck1_g1_90.smtx
 
 .PHONY: setup example test
 
+# torch is optional for users; the tests of sparsert.torch need it. Installed only where none is:
+# a GPU machine keeps its own. Pinned to the release our CI machines carry on disk as a CPU
+# build (an unpinned `torch` resolves to the newest CUDA build, several GB).
+TORCH_CPU ?= torch==2.13.0
+
 setup:
 	$(PYTHON) -m pip install -q -e ".[test,bench]"
+	@$(PYTHON) -c "import torch" 2>/dev/null || { echo "installing $(TORCH_CPU) (tests of sparsert.torch)"; \
+	  $(PYTHON) -m pip install -q "$(TORCH_CPU)"; }
 	@command -v hipcc >/dev/null 2>&1 || { \
 	  echo "installing hipcc (HIP compile checks)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \

@@ -94,7 +94,7 @@ def compile(
     units = render(schedule, options.target)
     t2 = time.perf_counter()
     artifacts = compile_units(units, target=options.target, arch=arch_, use_cache=use_cache,
-                              jobs=jobs, progress=progress)
+                              jobs=jobs, progress=progress, schedule=schedule)
     t3 = time.perf_counter()
     stats = make_stats(schedule, units, artifacts, plan_s=t1 - t0, render_s=t2 - t1,
                        compile_s=t3 - t2)

@@ -13,10 +13,10 @@ from .errors import OptionsError
 
 DEFAULT_ARCH = "sm_90"  # used when no GPU is present and no --arch is given (H100/H200)
 DEFAULT_HIP_ARCH = "gfx90a"
-# Nonzeros per compiled slab. ptxas time grows about quadratically with the size of one kernel
-# function (benchmarks/COMPILE_TIME.md), so big weights are cut into slabs that assemble in
-# parallel; each slab is one launch, so slabs should not be much smaller than this.
-DEFAULT_MAX_SLAB_NNZ = 2048
+# FFMAs (nonzeros x vec) per compiled slab. ptxas time grows faster than linearly with the size
+# of one kernel function (benchmarks/COMPILE_TIME.md), so big weights are cut into slabs that
+# assemble in parallel; each slab is one launch (slabs run side by side on forked streams).
+DEFAULT_MAX_SLAB_NNZ = 16384
 BACKENDS = ("auto", "ptx", "nvrtc")
 
 
@@ -64,7 +64,7 @@ class Settings:
     jobs: int
     """SPARSERT_JOBS: parallel compiler processes (default: the machine's cores)."""
     max_slab_nnz: int
-    """SPARSERT_MAX_SLAB_NNZ: nonzeros per compiled slab above which a kernel is split."""
+    """SPARSERT_MAX_SLAB_NNZ: FFMAs (nonzeros x vec) per compiled slab above which a kernel is split."""
     backend: str
     """SPARSERT_BACKEND: CUDA code path, 'ptx' (PTX emitter + ptxas), 'nvrtc' (CUDA C++ through
     NVRTC) or 'auto' (default: ptx where ptxas is installed, else nvrtc)."""

@@ -397,10 +397,10 @@ def compile_conv2d(
     t1 = time.perf_counter()
     units = render(schedule, target)
     t2 = time.perf_counter()
-    # NVRTC from the CUDA source (not the PTX emitter, which knows no virtual im2col): the GPU
-    # binary then comes from exactly the source that run_host checks.
+    # 'auto': a contiguous im2col (1x1, stride 1) is a plain batched SpMM and goes through the PTX
+    # emitter; a virtual im2col goes through NVRTC (ptx.unsupported names it).
     artifacts = compile_units(units, target=target, arch=arch_, use_cache=use_cache, jobs=jobs,
-                              progress=progress, backend="nvrtc")
+                              progress=progress, schedule=schedule)
     t3 = time.perf_counter()
     stats = make_stats(schedule, units, artifacts, plan_s=t1 - t0, render_s=t2 - t1, compile_s=t3 - t2)
     kernel = SparseKernel(schedule=schedule, units=units, artifacts=artifacts, target=target,

@@ -18,6 +18,10 @@ from .errors import InputError, ToolchainError
 from .plan import Schedule
 from .render import Unit
 
+# Streams a multi-slab kernel's launches spread over. 8 = CUDA's default number of hardware work
+# queues (CUDA_DEVICE_MAX_CONNECTIONS): more streams would share queues and serialise anyway.
+SLAB_LANES = 8
+
 
 @dataclass(frozen=True)
 class KernelStats:
@@ -84,6 +88,7 @@ class SparseKernel:
         self.name = name
         self.stats = stats
         self._modules: dict[int, list] = {}  # device id -> [cupy Function per unit]
+        self._streams: dict[int, tuple] = {}  # device id -> slab lanes and their events
         self._host = None
         self._lock = threading.Lock()
 
@@ -264,9 +269,45 @@ class SparseKernel:
         else:
             stream = cupy.cuda.get_current_stream()
         with cupy.cuda.Device(device_id):
-            for fn, u in zip(self._functions(device_id), self.units):
-                fn(u.grid, u.block, tuple(args), stream=stream)
+            self._launch_units(self._functions(device_id), tuple(args), stream, device_id)
         return out
+
+    def _launch_units(self, fns, args: tuple, stream, device_id: int) -> None:
+        """One launch per slab. Slabs write disjoint rows of C, so several run side by side: the
+        caller's stream forks to up to SLAB_LANES streams (an event each way) and joins back, so
+        whatever the caller enqueues next still runs after every slab."""
+        if len(fns) == 1:
+            u = self.units[0]
+            fns[0](u.grid, u.block, args, stream=stream)
+            return
+        with self._lock:  # the fork/join events are shared by the calls of this kernel
+            lanes, fork, joins = self._lanes(device_id, len(fns))
+            fork.record(stream)
+            for lane in lanes[1:]:
+                lane.wait_event(fork)
+            all_lanes = (stream, *lanes[1:])
+            # biggest slabs first, dealt round-robin, so the lanes finish close together
+            order = sorted(range(len(fns)), key=lambda i: -self.units[i].nnz)
+            for j, i in enumerate(order):
+                u = self.units[i]
+                fns[i](u.grid, u.block, args, stream=all_lanes[j % len(all_lanes)])
+            for lane, done in zip(lanes[1:], joins):
+                done.record(lane)
+                stream.wait_event(done)
+
+    def _lanes(self, device_id: int, slabs: int):
+        """(streams, fork event, join events) for this device, made once (lanes[0] stands for the
+        caller's stream). Events are reusable: a wait applies to the latest record before it."""
+        import cupy
+
+        cached = self._streams.get(device_id)
+        if cached is None:
+            width = max(1, min(SLAB_LANES, slabs))
+            side = [cupy.cuda.Stream(non_blocking=True) for _ in range(width - 1)]
+            cached = ((None, *side), cupy.cuda.Event(disable_timing=True),
+                      [cupy.cuda.Event(disable_timing=True) for _ in side])
+            self._streams[device_id] = cached
+        return cached
 
     # -- CPU (host) -----------------------------------------------------------------------
     def host_kernels(self):

@@ -9,6 +9,7 @@ from .errors import OptionsError
 
 TARGETS = ("cuda", "hip")
 VECTOR_WIDTHS = (1, 2, 4)
+MAX_PREFETCH = 64
 _ARCH_RE = re.compile(r"^sm_\d{2,3}[af]?$")
 _HIP_ARCH_RE = re.compile(r"^gfx[0-9a-f]{3,5}$")
 
@@ -34,7 +35,11 @@ class KernelOptions:
     rows_per_block: int | None = None
     """Rows of A (outputs) per block; each thread keeps rows_per_block * vec accumulators."""
     max_slab_nnz: int | None = None
-    """Nonzeros per compiled unit above which the kernel is split into slabs (None: SPARSERT_MAX_SLAB_NNZ)."""
+    """Slab budget: nonzeros x vec (FFMAs) per compiled unit above which the kernel is split into
+    slabs (None: SPARSERT_MAX_SLAB_NNZ)."""
+    prefetch: int | None = None
+    """Rows of B each thread loads ahead of their first use (software pipelining in the PTX
+    backend: prefetch * vec registers). None: 16 // vec."""
 
     def __post_init__(self) -> None:
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n <= 0:
@@ -50,6 +55,7 @@ class KernelOptions:
         _positive("groups", self.groups, upper=32)
         _positive("rows_per_block", self.rows_per_block, upper=256)
         _positive("max_slab_nnz", self.max_slab_nnz)
+        _positive("prefetch", self.prefetch, upper=MAX_PREFETCH)
         if self.vec is not None and self.vec not in VECTOR_WIDTHS:
             raise OptionsError(f"vec={self.vec!r}: expected one of {VECTOR_WIDTHS}")
         if self.vec is not None and self.n % self.vec:

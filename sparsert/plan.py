@@ -31,6 +31,9 @@ from .options import KernelOptions
 
 SHARED_MEMORY_BYTES = 48 * 1024  # static shared memory a block may use without opt-in
 ACCUMULATOR_BUDGET = 64  # rows_per_block * vec: registers of accumulators per thread
+# Registers holding rows of B loaded ahead of use (prefetch * vec). 16 rows at vec 1 put the load
+# ~100 instructions before its first FFMA at 90% sparsity (checked on the SASS in the tests).
+PREFETCH_REGISTERS = 16
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,8 @@ class Schedule:
     extra: tuple[tuple[str, str], ...] = field(default=())  # free-form (key, value) notes for the header
     # Convolution: B is a virtual im2col matrix read straight from the NCHW input (needs vec 1).
     conv: ConvGeometry | None = None
+    # Software pipelining: each thread loads row j + prefetch of B right after using row j.
+    prefetch: int = 1
 
     @property
     def tile_n(self) -> int:
@@ -178,7 +183,7 @@ class Schedule:
         h.update(repr((self.m, self.k, self.n, self.threads_x, self.vec, self.groups,
                        self.rows_per_block, self.slabs, self.bias_bits, self.relu, self.residual,
                        self.weight_digest, self.batch, self.batch_stride_b, self.batch_stride_c,
-                       self.extra)).encode())
+                       self.extra, self.prefetch)).encode())
         if self.conv is not None:  # only then: plain SpMM digests (and kernel names) stay as they were
             h.update(repr(self.conv).encode())
         for block in self.blocks:
@@ -201,7 +206,7 @@ class Schedule:
             "rows_per_block": self.rows_per_block, "blocks": len(self.blocks),
             "grid": [len(self.blocks), self.grid_n, self.batch],
             "block": [self.threads_x, self.groups, 1], "slabs": len(self.slabs),
-            "shared_bytes": 4 * self.shared_floats, "relu": self.relu,
+            "shared_bytes": 4 * self.shared_floats, "prefetch": self.prefetch, "relu": self.relu,
             "bias": self.bias_bits is not None, "residual": self.residual, "batch": self.batch,
         } | ({} if self.conv is None else {"conv": {
             "c_in": self.conv.c_in, "h": self.conv.h, "w": self.conv.w, "kh": self.conv.kh,
@@ -227,11 +232,18 @@ class Schedule:
 
 
 def choose_parameters(m: int, k: int, nnz: int, opts: KernelOptions) -> tuple[int, int, int, int]:
-    """Defaults for (threads_x, vec, groups, rows_per_block); explicit options win."""
+    """Defaults for (threads_x, vec, groups, rows_per_block); explicit options win.
+
+    One column per thread (vec 1) and 64 rows per block by default, as in SparseRT: rows, not vec,
+    decide how often a loaded value of B is reused (rows_per_block x density FFMAs per load), and
+    vec multiplies the unrolled code (nonzeros x vec FFMAs), hence compile time and instruction
+    cache footprint, for the same work. A 64-accumulator budget bought as 16 rows x vec 4 reuses B
+    a quarter as often as 64 rows x vec 1 (benchmarks/COMPILE_TIME.md).
+    """
     n = opts.n
-    vec = opts.vec or next(v for v in (4, 2, 1) if n % v == 0 and (n >= 32 * v or v == 1))
+    vec = opts.vec or 1
     threads_x = opts.threads_x or min(32, 1 << max(0, math.ceil(math.log2(-(-n // vec)))))
-    rows = opts.rows_per_block or max(1, min(m, ACCUMULATOR_BUDGET // vec, 32))
+    rows = opts.rows_per_block or max(1, min(m, ACCUMULATOR_BUDGET // vec))
     if opts.groups:
         groups = opts.groups
     else:
@@ -248,6 +260,11 @@ def choose_parameters(m: int, k: int, nnz: int, opts: KernelOptions) -> tuple[in
             f"partial sums exceed {SHARED_MEMORY_BYTES // 1024} KiB of shared memory; lower one of them"
         )
     return threads_x, vec, groups, rows
+
+
+def choose_prefetch(vec: int, opts: KernelOptions) -> int:
+    """Rows of B in flight per thread: PREFETCH_REGISTERS // vec registers' worth by default."""
+    return opts.prefetch or max(1, PREFETCH_REGISTERS // vec)
 
 
 def deal_rows(row_nnz: np.ndarray, blocks: int, capacity: int) -> list[list[int]]:
@@ -280,7 +297,7 @@ def split_groups(k: np.ndarray, groups: int) -> np.ndarray:
 
 
 def split_slabs(block_nnz: list[int], max_slab_nnz: int) -> tuple[tuple[int, int], ...]:
-    """Contiguous block ranges of at most max_slab_nnz nonzeros (at least one block each)."""
+    """Contiguous block ranges of at most max_slab_nnz (weighted) nonzeros, at least one block each."""
     slabs, start, acc = [], 0, 0
     for i, nnz in enumerate(block_nnz):
         if i > start and acc + nnz > max_slab_nnz:
@@ -315,6 +332,7 @@ def plan(
                                f"thread; use vec=1")
         opts = replace(opts, vec=1)
     threads_x, vec, groups, rows_per_block = choose_parameters(m, k, matrix.nnz, opts)
+    prefetch = choose_prefetch(vec, opts)
     bias_bits = None
     if bias is not None:
         bias = np.asarray(bias)
@@ -353,8 +371,9 @@ def plan(
     return Schedule(
         m=m, k=k, n=opts.n, threads_x=threads_x, vec=vec, groups=groups,
         rows_per_block=rows_per_block, blocks=tuple(blocks),
-        slabs=split_slabs([b.nnz for b in blocks], slab_budget),
+        # The budget counts FFMAs (nnz x vec): the assembler's time follows the unrolled code.
+        slabs=split_slabs([b.nnz * vec for b in blocks], slab_budget),
         bias_bits=bias_bits, relu=opts.relu, residual=opts.residual,
         weight_digest=weight_digest, batch=batch, batch_stride_b=batch_stride_b,
-        batch_stride_c=batch_stride_c, extra=extra, conv=conv,
+        batch_stride_c=batch_stride_c, extra=extra, conv=conv, prefetch=prefetch,
     )

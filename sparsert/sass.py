@@ -26,6 +26,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import struct
 import subprocess
 import tempfile
@@ -138,6 +139,13 @@ class SassStats:
     """STACK/LOCAL > 0 in the resource usage, or any STL/LDL in the code."""
     immediate_bits: tuple[int, ...] = ()
     """The same immediates as raw IEEE-754 binary32 bit patterns (exact, NaN payloads included)."""
+    load_use: tuple[int, ...] = ()
+    """Per global load (LDG), in program order: SASS instructions from the load to the first
+    instruction that reads a register it wrote (how much work covers the load's latency)."""
+
+    @property
+    def load_use_median(self) -> float | None:
+        return float(statistics.median(self.load_use)) if self.load_use else None
 
 
 _INSN_RE = re.compile(
@@ -246,6 +254,44 @@ def stats_from_disassembly(text: str) -> tuple[int, int, int, int, int, tuple[in
     return instructions, ffma, ffma_imm, fmul_imm, fadd_imm, tuple(bits_out), local_mem
 
 
+_REG_RE = re.compile(r"(?<![\w.])R(\d+)\b")
+_WIDTH = {"64": 2, "128": 4}
+
+
+def load_use_distances(text: str, *, horizon: int = 4096) -> tuple[int, ...]:
+    """For each LDG of SASS `text`, the instruction count to the first reader of its destination
+    register(s) (a 64/128-bit load writes 2/4 consecutive registers); loads whose value is not read
+    within `horizon` instructions (or before the function ends) are left out."""
+    ops: list[tuple[str, list[str]]] = []
+    for line in text.splitlines():
+        m = _INSN_RE.match(line)
+        if m:
+            op, operands = _opcode(m.group("text"))
+            if op and op.split(".", 1)[0] != "NOP":
+                ops.append((op, operands))
+    out = []
+    for i, (op, operands) in enumerate(ops):
+        parts = op.split(".")
+        if parts[0] != "LDG" or not operands:
+            continue
+        first = _REG_RE.match(operands[0])
+        if first is None:
+            continue
+        width = next((_WIDTH[p] for p in parts[1:] if p in _WIDTH), 1)
+        dest = {int(first.group(1)) + j for j in range(width)}
+        for j in range(i + 1, min(len(ops), i + 1 + horizon)):
+            o2, src = ops[j]
+            if o2.split(".", 1)[0] == "EXIT":
+                break
+            reads = {int(r) for x in src[1:] for r in _REG_RE.findall(x)}
+            if o2.split(".", 1)[0] in ("STG", "STS", "ST", "STL"):  # stores read every operand
+                reads |= {int(r) for r in _REG_RE.findall(src[0])} if src else set()
+            if reads & dest:
+                out.append(j - i)
+                break
+    return tuple(out)
+
+
 def sass_stats(cubin: bytes) -> SassStats:
     """Count instructions and FP32 immediates of ``cubin`` (nvdisasm -hex) and read its resources
     (cuobjdump -res-usage, when installed)."""
@@ -269,4 +315,5 @@ def sass_stats(cubin: bytes) -> SassStats:
         registers=registers,
         spills=spills,
         immediate_bits=bits,
+        load_use=load_use_distances(text),
     )

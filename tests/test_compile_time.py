@@ -90,6 +90,8 @@ SIM_CASES = [
     dict(vec=1, groups=3, rows_per_block=8, threads_x=8, bias=True),
     dict(vec=2, groups=1, rows_per_block=5, threads_x=4, relu=True),
     dict(vec=4, groups=1, rows_per_block=8, threads_x=2, n=20),  # N tail: clamped loads, masked stores
+    dict(vec=1, groups=2, rows_per_block=6, threads_x=4, prefetch=3, bias=True),  # buffers rotate
+    dict(vec=2, groups=1, rows_per_block=7, threads_x=4, prefetch=1, relu=True),  # no pipelining
 ]
 
 
@@ -146,6 +148,22 @@ def test_ptx_isa_versions():
     assert ptx.ptx_isa_version("sm_100f") == "8.8"
 
 
+def test_ptx_prefetch_issues_each_load_ahead_of_its_use():
+    """Row j + D of B is loaded right after row j's FMAs, into row j's buffer."""
+    w = _weight(8, 40, 0.5, seed=4)
+    for depth in (1, 3, 64):
+        s = _schedule(w, n=16, groups=1, prefetch=depth)
+        lines = [x.strip() for x in ptx.render_ptx(s, ARCH)[0].source.splitlines()]
+        loads = [i for i, x in enumerate(lines) if x.startswith("ld.global.nc")]
+        ks = sorted(set(s.blocks[0].groups[0].arrays()[0].tolist()))
+        assert len(loads) == len(ks)
+        first_fma = next(i for i, x in enumerate(lines) if x.startswith("fma.rn.f32"))
+        ahead = sum(1 for i in loads if i < first_fma)
+        assert ahead == min(depth, len(ks))  # the first D rows are in flight before any FMA
+        used = {f"%b{j}" for j in range(depth)}
+        assert {x.split()[2].rstrip(",") for x in lines if x.startswith("fma.rn.f32")} <= used
+
+
 # -- slabs ------------------------------------------------------------------------------------
 def test_slab_budget_splits_and_bounds_every_slab():
     w = _weight(96, 80, 0.2, seed=7)
@@ -159,6 +177,17 @@ def test_slab_budget_splits_and_bounds_every_slab():
         assert [u.first_block for u in units] == [a for a, _ in s.slabs]
     assert len(_schedule(w, budget=50, n=32, rows_per_block=4).slabs) > len(
         _schedule(w, budget=1000, n=32, rows_per_block=4).slabs) >= 1
+
+
+def test_slab_budget_counts_ffmas_not_nonzeros():
+    w = _weight(96, 80, 0.2, seed=7)
+    for vec in (1, 2, 4):
+        s = _schedule(w, budget=400, n=32, rows_per_block=4, vec=vec)
+        for start, stop in s.slabs:
+            ffmas = vec * sum(s.blocks[i].nnz for i in range(start, stop))
+            assert ffmas <= 400 or stop - start == 1
+    assert len(_schedule(w, budget=400, n=32, rows_per_block=4, vec=4).slabs) > \
+        len(_schedule(w, budget=400, n=32, rows_per_block=4, vec=1).slabs)
 
 
 def test_slab_budget_default_and_env(monkeypatch):
@@ -204,6 +233,33 @@ def test_ptx_and_nvrtc_cubins_carry_the_same_immediates():
             assert collections.Counter(p.immediate_bits) == collections.Counter(n.immediate_bits)
             assert not p.spills
         assert sum(x.ffma_imm for x in got["ptx"]) == s.nnz * s.vec
+
+
+@needs_ptxas
+def test_sass_keeps_the_software_pipelined_loads_ahead():
+    """ptxas (PTXAS_OPTIONS) must keep the emitter's load order: with the default prefetch the
+    median load sits ~100 SASS instructions before its first use; with prefetch=1 (each row
+    loaded just before its FMAs) it would be a handful. Also: FFMA immediates == nnz, no spills."""
+    from sparsert.sass import sass_stats
+
+    rng = np.random.default_rng(21)
+    a = sp.random(128, 256, density=0.1, random_state=rng, dtype=np.float32, format="csr")
+    w = load_weight(a)
+
+    def stats(**opts):
+        s = _schedule(w, n=256, **opts)
+        arts = compile_units(render(s), target="cuda", arch=ARCH, use_cache=False, jobs=2,
+                             schedule=s, backend="ptx")
+        parts = [sass_stats(x.binary) for x in arts]
+        return s, parts, sorted(d for p in parts for d in p.load_use)
+
+    s, parts, pipelined = stats()
+    assert s.prefetch == 16 and s.vec == 1
+    assert sum(p.ffma_imm for p in parts) == s.nnz and not any(p.spills for p in parts)
+    _, _, eager = stats(prefetch=1)
+    median = pipelined[len(pipelined) // 2]
+    assert median >= 60, median
+    assert median >= 4 * eager[len(eager) // 2], (median, eager[len(eager) // 2])
 
 
 @needs_ptxas
