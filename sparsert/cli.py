@@ -48,8 +48,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _weight_arguments(p: argparse.ArgumentParser, *, n_required: bool = True) -> None:
-    p.add_argument("weight", help="weight file: .npy .npz .mtx .smtx .safetensors")
+def _weight_arguments(p: argparse.ArgumentParser, *, n_required: bool = True, many: bool = False) -> None:
+    if many:
+        p.add_argument("weight", nargs="+", help="weight file(s): .npy .npz .mtx .smtx .safetensors")
+    else:
+        p.add_argument("weight", help="weight file: .npy .npz .mtx .smtx .safetensors")
     p.add_argument("--n", type=_positive_int, required=n_required,
                    help="columns of B (batch x pixels, or tokens) the kernel is specialised to")
     p.add_argument("--tensor", help="tensor name inside a .safetensors / multi-array .npz file")
@@ -77,7 +80,7 @@ def _weight_arguments(p: argparse.ArgumentParser, *, n_required: bool = True) ->
     add_conv_arguments(p)
 
 
-def _compile_from_args(args, target: str | None = None):
+def _compile_from_args(args, target: str | None = None, progress=None):
     if getattr(args, "conv", False):
         from .conv import conv_from_args
 
@@ -94,8 +97,8 @@ def _compile_from_args(args, target: str | None = None):
     )
     return compile_kernel(
         args.weight, options=options, bias=args.bias, tensor=args.tensor, seed=args.seed,
-        values=args.values, use_cache=not args.no_cache, jobs=args.jobs, progress=ProgressLine(),
-        tune=args.tune,
+        values=args.values, use_cache=not args.no_cache, jobs=args.jobs,
+        progress=progress or ProgressLine(), tune=args.tune,
     )
 
 
@@ -128,17 +131,36 @@ def summary_lines(summary: dict, sass=None) -> list[str]:
             f"  SASS: {sass.ffma_imm} FFMA with an immediate (+{sass.fmul_imm} FMUL); expected "
             f"nnz x vec = {expected}: {ok}; registers {sass.registers}; "
             f"spills {'yes' if sass.spills else 'no'}; {sass.instructions} instructions")
+        if sass.load_use:
+            lines.append(f"  SASS: {len(sass.load_use)} loads of B, each issued a median of "
+                         f"{sass.load_use_median:.0f} instructions (min {min(sass.load_use)}) before its first use")
     return lines
 
 
 # -- subcommands ------------------------------------------------------------------------------
 def cmd_compile(args) -> int:
-    kernel = _compile_from_args(args)
+    """One kernel per WEIGHT (several: a progress line per layer, names must not collide)."""
+    weights = args.weight
+    if len(weights) > 1 and args.bias:
+        raise SparsertError("--bias: applies to one weight; compile weights with biases one at a time")
+    names = [Path(w).stem for w in weights]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise SparsertError(f"two weights are named {dup!r}: their outputs in {args.out} would collide")
     out = Path(args.out)
-    paths = kernel.save(out)
-    print("\n".join(summary_lines(kernel.summary())))
-    print(f"  wrote: {paths['source']}{' (+ slabs)' if len(kernel.units) > 1 else ''}, "
-          f"{paths['binary'].name}, {paths['json'].name} in {out}")
+    t0 = time.perf_counter()
+    for i, weight in enumerate(weights):
+        one = argparse.Namespace(**(vars(args) | {"weight": weight}))
+        what = "compiling" if len(weights) == 1 else f"[{i + 1}/{len(weights)}] {names[i]}: compiling"
+        kernel = _compile_from_args(one, progress=ProgressLine(what))
+        paths = kernel.save(out)
+        if len(weights) > 1:
+            print(f"[{i + 1}/{len(weights)}] {weight}")
+        print("\n".join(summary_lines(kernel.summary())))
+        print(f"  wrote: {paths['source']}{' (+ slabs)' if len(kernel.units) > 1 else ''}, "
+              f"{paths['binary'].name}, {paths['json'].name} in {out}")
+    if len(weights) > 1:
+        print(f"{len(weights)} kernels in {_fmt_seconds(time.perf_counter() - t0)}")
     return 0
 
 
@@ -149,21 +171,14 @@ def cmd_inspect(args) -> int:
         binaries = [target.parent / f["binary"] for f in summary.get("files", [])]
         sass = None
         if summary["target"] == "cuda" and binaries:
-            from .sass import SassStats, sass_stats
+            from .sass import merge_stats, sass_stats
 
             parts = []
             for b in binaries:
                 if not b.is_file():
                     raise SparsertError(f"{b}: CUBIN named by {target} is missing")
                 parts.append(sass_stats(b.read_bytes()))
-            sass = parts[0] if len(parts) == 1 else SassStats(
-                instructions=sum(p.instructions for p in parts), ffma=sum(p.ffma for p in parts),
-                ffma_imm=sum(p.ffma_imm for p in parts), fmul_imm=sum(p.fmul_imm for p in parts),
-                fadd_imm=sum(p.fadd_imm for p in parts),
-                immediates=tuple(x for p in parts for x in p.immediates),
-                immediate_bits=tuple(x for p in parts for x in p.immediate_bits),
-                registers=max((p.registers or 0) for p in parts),
-                spills=any(p.spills for p in parts))
+            sass = merge_stats(parts)
         print("\n".join(summary_lines(summary, sass)))
         return 0 if sass is None or sass.ffma_imm + sass.fmul_imm == _expected_imm(summary) else 1
     kernel = _compile_from_args(args)
@@ -245,8 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sparsert {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("compile", help="compile a weight into a kernel; write source, binary, json")
-    _weight_arguments(p)
+    p = sub.add_parser("compile", help="compile weights into kernels; write source, binary, json")
+    _weight_arguments(p, many=True)
     p.add_argument("--out", default="generated", help="output folder (default: generated/)")
     p.set_defaults(func=cmd_compile)
 

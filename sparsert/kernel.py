@@ -114,24 +114,9 @@ class SparseKernel:
         """SASS facts over all slabs (CUDA only): FFMA-immediates, registers, spills."""
         if self.target != "cuda":
             raise ToolchainError("SASS inspection needs a CUDA kernel (this one targets HIP)")
-        from .sass import SassStats, sass_stats
+        from .sass import merge_stats, sass_stats
 
-        parts = [sass_stats(a.binary) for a in self.artifacts]
-        if len(parts) == 1:
-            return parts[0]
-        fields = SassStats.__dataclass_fields__
-        merged = {}
-        for name in fields:
-            vals = [getattr(p, name) for p in parts]
-            if isinstance(vals[0], tuple):
-                merged[name] = tuple(x for v in vals for x in v)
-            elif name == "registers":
-                merged[name] = _max_or_none(vals)
-            elif name == "spills":
-                merged[name] = None if any(v is None for v in vals) else any(vals)
-            else:
-                merged[name] = sum(vals)
-        return SassStats(**merged)
+        return merge_stats([sass_stats(a.binary) for a in self.artifacts])
 
     def summary(self) -> dict:
         return {

@@ -254,6 +254,26 @@ def stats_from_disassembly(text: str) -> tuple[int, int, int, int, int, tuple[in
     return instructions, ffma, ffma_imm, fmul_imm, fadd_imm, tuple(bits_out), local_mem
 
 
+def merge_stats(parts: list[SassStats]) -> SassStats:
+    """One SassStats over several CUBINs (the slabs of a kernel): counts add, sequences
+    concatenate, registers are the maximum, spills any."""
+    if len(parts) == 1:
+        return parts[0]
+    merged = {}
+    for name in SassStats.__dataclass_fields__:
+        vals = [getattr(p, name) for p in parts]
+        if isinstance(vals[0], tuple):
+            merged[name] = tuple(x for v in vals for x in v)
+        elif name == "registers":
+            known = [v for v in vals if v is not None]
+            merged[name] = max(known) if known else None
+        elif name == "spills":
+            merged[name] = None if any(v is None for v in vals) else any(vals)
+        else:
+            merged[name] = sum(vals)
+    return SassStats(**merged)
+
+
 _REG_RE = re.compile(r"(?<![\w.])R(\d+)\b")
 _WIDTH = {"64": 2, "128": 4}
 

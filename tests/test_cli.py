@@ -47,6 +47,25 @@ def test_compile_writes_source_binary_and_json_then_inspect_counts_ffma(tmp_path
     assert "spills no" in proc.stdout
 
 
+def test_compile_several_layers_with_progress(tmp_path):
+    dlmc = REPO.parent / "shared" / "dlmc" / "rn50" / "magnitude_pruning" / "0.9"
+    other = next(p for p in sorted(dlmc.glob("*.smtx")) if p.stem != EXAMPLE.stem)
+    proc = run("compile", EXAMPLE, other, "--n", 256, "--rows-per-block", 8, "--max-slab-nnz", 400,
+               "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for stem in (EXAMPLE.stem, other.stem):
+        assert json.loads((tmp_path / f"{stem}.json").read_text())["schedule"]["slabs"] > 1
+    assert f"[1/2] {EXAMPLE}" in proc.stdout and f"[2/2] {other}" in proc.stdout
+    assert "2 kernels in" in proc.stdout
+    # a progress line per layer, ending at all of its slabs
+    slabs = json.loads((tmp_path / f"{other.stem}.json").read_text())["schedule"]["slabs"]
+    assert f"[2/2] {other.stem}: compiling: {slabs}/{slabs} slabs" in proc.stderr
+    clash = run("compile", EXAMPLE, EXAMPLE, "--n", 16, "--out", tmp_path)
+    assert_one_line_error(clash, "two weights are named")
+    biased = run("compile", EXAMPLE, other, "--n", 16, "--bias", EXAMPLE, "--out", tmp_path)
+    assert_one_line_error(biased, "--bias")
+
+
 def test_check_passes_on_a_dlmc_pattern_without_gpu():
     proc = run("check", EXAMPLE, "--n", 3136, "--arch", "sm_90", "--relu", "--host")
     assert proc.returncode == 0, proc.stdout + proc.stderr
