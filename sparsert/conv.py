@@ -397,8 +397,7 @@ def compile_conv2d(
     t1 = time.perf_counter()
     units = render(schedule, target)
     t2 = time.perf_counter()
-    # 'auto': a contiguous im2col (1x1, stride 1) is a plain batched SpMM and goes through the PTX
-    # emitter; a virtual im2col goes through NVRTC (ptx.unsupported names it).
+    # 'auto': the PTX emitter (virtual im2col included) where ptxas is installed, else NVRTC.
     artifacts = compile_units(units, target=target, arch=arch_, use_cache=use_cache, jobs=jobs,
                               progress=progress, schedule=schedule)
     t3 = time.perf_counter()

@@ -18,9 +18,10 @@ Registers are named, not SSA: ``%a<slot*vec+lane>`` accumulators, ``%b<buffer*ve
 rows of B in flight (``Schedule.prefetch`` buffers, software-pipelined). ptxas renames them
 itself; reusing names keeps the PTX short (about 55 bytes per FMA).
 
-Only plain (batched) SpMM schedules: `unsupported()` names any Schedule field this emitter does
-not know (a convolution's implicit im2col, a later extension) so callers fall back to NVRTC
-instead of emitting a kernel that ignores it.
+Plain (batched) SpMM and convolutions through a virtual im2col (vec 1; the same constant tap
+offsets and padding predicates as render._conv_setup). `unsupported()` names any Schedule field
+this emitter does not know (a later extension) so callers fall back to NVRTC instead of emitting
+a kernel that ignores it.
 """
 
 from __future__ import annotations
@@ -43,13 +44,15 @@ _MAX_IMM_OFFSET = 2**31 - 1  # PTX address immediates are signed 32-bit
 _KNOWN_FIELDS = frozenset((
     "m", "k", "n", "threads_x", "vec", "groups", "rows_per_block", "blocks", "slabs", "bias_bits",
     "relu", "residual", "weight_digest", "batch", "batch_stride_b", "batch_stride_c", "extra",
-    "prefetch"))
+    "prefetch", "conv"))
 
 
 def unsupported(s: Schedule) -> str | None:
     """Why this emitter cannot render `s` (None when it can)."""
     if s.vec not in (1, 2, 4):
         return f"vec={s.vec}"
+    if s.conv is not None and s.vec != 1:
+        return f"vec={s.vec} over a virtual im2col (conv) operand"
     for f in dataclasses.fields(s):
         if f.name in _KNOWN_FIELDS:
             continue
@@ -99,6 +102,17 @@ class _Emitter:
         self.red_bytes = 4 * v  # one thread's slot in shared memory
         width = "" if v == 1 else f".v{v}"
         self.width = width
+        # Virtual im2col: the predicate that guards each tap's loads (None: always inside the image).
+        self.tap_flag: list[str | None] = []
+        if s.conv is not None:
+            g = s.conv
+            rows_ok, cols_ok = g.tap_rows_always_valid(), g.tap_cols_always_valid()
+            for ky in range(g.kh):
+                for kx in range(g.kw):
+                    t = ky * g.kw + kx
+                    self.tap_flag.append(
+                        None if rows_ok[ky] and cols_ok[kx] else
+                        f"%px{kx}" if rows_ok[ky] else f"%py{ky}" if cols_ok[kx] else f"%pk{t}")
         # Row buffers: buffer j holds registers %b<j*vec> .. %b<j*vec+vec-1>.
         self.depth = s.prefetch
         self.bregs = [
@@ -124,8 +138,72 @@ class _Emitter:
         return "[%rd15]"
 
     def _load_b(self, k: int, buffer: int, out: list[str]) -> None:
+        if self.s.conv is not None:
+            self._load_im2col(k, buffer, out)
+            return
         addr = self._addr("%rd1", k * self.row_bytes, out)
         out.append(f"\tld.global.nc{self.width}.f32 \t{self.bregs[buffer]}, {addr};\n")
+
+    def _load_im2col(self, k: int, buffer: int, out: list[str]) -> None:
+        """Row k of the virtual im2col matrix: one float at a constant offset from the thread's
+        input corner (%rd1). A tap that can fall in the padding loads through its clamped
+        pointer (%rdt<tap>, always inside the image) and is ANDed with its mask (%m<tap>: all ones
+        inside, 0 in the padding, giving +0.0 exactly as the CUDA source's `ok ? x : 0.f`).
+        Unpredicated loads: predicated ones took ptxas twice as long and ~30 more registers."""
+        g = self.s.conv
+        taps = g.kh * g.kw
+        c, t = divmod(k, taps)
+        ky, kx = divmod(t, g.kw)
+        offset = c * g.h * g.w + ky * g.dilation[0] * g.w + kx * g.dilation[1]
+        addr = self._addr("%rd1", 4 * offset, out)
+        reg = self.bregs[buffer]
+        flag = self.tap_flag[t]
+        if flag is None:
+            out.append(f"\tld.global.nc.f32 \t{reg}, {addr};\n")
+        else:
+            addr = self._addr(f"%rdt{t}", 4 * c * g.h * g.w, out)
+            out.append(f"\tld.global.nc.f32 \t{reg}, {addr};\n\tand.b32 \t{reg}, {reg}, %m{t};\n")
+
+    def _conv_setup(self, out: list[str]) -> None:
+        """As render._conv_setup: output pixel (oy, ox) of column min(col, n - 1), its input corner
+        (iy, ix), %rd1 = B + image offset + iy * W + ix (signed); per tap that can fall in the
+        padding its validity (unsigned compares also reject negatives), a clamped pointer and a
+        mask (see _load_im2col)."""
+        s, g = self.s, self.s.conv
+        (sy, sx), (py, px), (dy, dx) = g.stride, g.padding, g.dilation
+        out.append(
+            f"\tmin.s32 \t%r10, %r6, {s.n - 1};\n\tdiv.u32 \t%r11, %r10, {g.ow};\n"
+            f"\tmul.lo.s32 \t%r12, %r11, {g.ow};\n\tsub.s32 \t%r12, %r10, %r12;\n"
+            f"\tmul.lo.s32 \t%r13, %r11, {sy};\n\tsub.s32 \t%r13, %r13, {py};\n"
+            f"\tmul.lo.s32 \t%r14, %r12, {sx};\n\tsub.s32 \t%r14, %r14, {px};\n"
+            f"\tmad.lo.s32 \t%r15, %r13, {g.w}, %r14;\n"
+            f"\tmul.lo.s32 \t%r8, %r5, {s.batch_stride_b};\n\tcvt.u64.u32 \t%rd6, %r8;\n"
+            "\tshl.b64 \t%rd11, %rd6, 2;\n\tadd.s64 \t%rd11, %rd4, %rd11;\n"
+            "\tcvt.s64.s32 \t%rd7, %r15;\n\tadd.s64 \t%rd6, %rd6, %rd7;\n"
+            "\tshl.b64 \t%rd6, %rd6, 2;\n\tadd.s64 \t%rd1, %rd4, %rd6;\n")
+        rows_ok, cols_ok = g.tap_rows_always_valid(), g.tap_cols_always_valid()
+        for ky in range(g.kh):
+            if not rows_ok[ky]:
+                out.append(f"\tadd.s32 \t%r16, %r13, {ky * dy};\n\tsetp.lt.u32 \t%py{ky}, %r16, {g.h};\n")
+        for kx in range(g.kw):
+            if not cols_ok[kx]:
+                out.append(f"\tadd.s32 \t%r16, %r14, {kx * dx};\n\tsetp.lt.u32 \t%px{kx}, %r16, {g.w};\n")
+        for t, flag in enumerate(self.tap_flag):
+            ky, kx = divmod(t, g.kw)
+            if flag is not None and not rows_ok[ky] and not cols_ok[kx]:
+                out.append(f"\tand.pred \t{flag}, %py{ky}, %px{kx};\n")
+        # Flagged taps: a pointer to the clamped (always valid) pixel, and a bit mask that keeps
+        # the loaded value where the tap is inside the image and makes it +0.0 in the padding.
+        for t, flag in enumerate(self.tap_flag):
+            if flag is None:
+                continue
+            ky, kx = divmod(t, g.kw)
+            out.append(
+                f"\tadd.s32 \t%r16, %r13, {ky * dy};\n\tmax.s32 \t%r16, %r16, 0;\n\tmin.s32 \t%r16, %r16, {g.h - 1};\n"
+                f"\tadd.s32 \t%r17, %r14, {kx * dx};\n\tmax.s32 \t%r17, %r17, 0;\n\tmin.s32 \t%r17, %r17, {g.w - 1};\n"
+                f"\tmad.lo.s32 \t%r18, %r16, {g.w}, %r17;\n\tcvt.s64.s32 \t%rd12, %r18;\n"
+                f"\tshl.b64 \t%rd12, %rd12, 2;\n\tadd.s64 \t%rdt{t}, %rd11, %rd12;\n"
+                f"\tselp.b32 \t%m{t}, -1, 0, {flag};\n")
 
     # -- pieces of a block ------------------------------------------------------------------
     def _group_body(self, work: GroupWork, out: list[str]) -> None:
@@ -268,6 +346,11 @@ class _Emitter:
             f"\t.reg .f32 \t%a<{max(1, s.rows_per_block * v)}>;\n",
             f"\t.reg .f32 \t%b<{v * self.depth}>;\n\t.reg .f32 \t%t<{v}>;\n\t.reg .f32 \t%q<{v}>;\n\t.reg .f32 \t%o<{v}>;\n",
         ]
+        if s.conv is not None:
+            g = s.conv
+            out.append(f"\t.reg .pred \t%py<{g.kh}>;\n\t.reg .pred \t%px<{g.kw}>;\n"
+                       f"\t.reg .pred \t%pk<{g.kh * g.kw}>;\n\t.reg .b64 \t%rdt<{g.kh * g.kw}>;\n"
+                       f"\t.reg .b32 \t%m<{g.kh * g.kw}>;\n")
         if s.groups > 1:
             out.append(f"\t.shared .align 16 .b8 \t{name}_red[{s.shared_floats * 4}];\n")
         # r1 tx, r2 ctaid.y, r3 ctaid.x, r4 tid.y, r5 ctaid.z, r6 col, r7 min(col, n - vec)
@@ -278,14 +361,17 @@ class _Emitter:
             "\tmov.u32 \t%r4, %tid.y;\n\tmov.u32 \t%r5, %ctaid.z;\n"
             f"\tmul.lo.s32 \t%r6, %r2, {s.tile_n};\n\tmad.lo.s32 \t%r6, %r1, {v}, %r6;\n"
             f"\tsetp.lt.s32 \t%p1, %r6, {s.n};\n\tmin.s32 \t%r7, %r6, {s.n - v};\n"
-            # B + blockIdx.z * stride_b + min(col, n - vec): 32-bit unsigned product, as in C++
-            f"\tmul.lo.s32 \t%r8, %r5, {s.batch_stride_b};\n\tcvt.u64.u32 \t%rd6, %r8;\n"
-            "\tcvt.s64.s32 \t%rd7, %r7;\n\tadd.s64 \t%rd6, %rd6, %rd7;\n"
-            "\tshl.b64 \t%rd6, %rd6, 2;\n\tadd.s64 \t%rd1, %rd4, %rd6;\n"
             f"\tmul.lo.s32 \t%r9, %r5, {s.batch_stride_c};\n\tcvt.u64.u32 \t%rd8, %r9;\n"
             "\tcvt.s64.s32 \t%rd9, %r6;\n\tadd.s64 \t%rd8, %rd8, %rd9;\n"
             "\tshl.b64 \t%rd8, %rd8, 2;\n\tadd.s64 \t%rd2, %rd5, %rd8;\n"
         )
+        if s.conv is not None:
+            self._conv_setup(out)
+        else:  # B + blockIdx.z * stride_b + min(col, n - vec): 32-bit unsigned product, as in C++
+            out.append(
+                f"\tmul.lo.s32 \t%r8, %r5, {s.batch_stride_b};\n\tcvt.u64.u32 \t%rd6, %r8;\n"
+                "\tcvt.s64.s32 \t%rd7, %r7;\n\tadd.s64 \t%rd6, %rd6, %rd7;\n"
+                "\tshl.b64 \t%rd6, %rd6, 2;\n\tadd.s64 \t%rd1, %rd4, %rd6;\n")
         if s.residual:
             out.append(f"\tld.param.u64 \t%rd10, [{name}_R];\n\tcvta.to.global.u64 \t%rd10, %rd10;\n"
                        "\tadd.s64 \t%rd3, %rd10, %rd8;\n")

@@ -63,10 +63,20 @@ def _f32_imm(tok: str) -> np.float32:
 _OPS = frozenset(
     "bra bra.uni ret bar.sync ld.param.u64 cvta.to.global.u64 mov.u32 mov.f32 cvt.u64.u32 cvt.s64.s32 "
     "mul.lo.s32 mad.lo.s32 min.s32 shl.b64 setp.lt.s32 setp.lt.u32 add.s64 add.rn.f32 fma.rn.f32 "
+    "add.s32 sub.s32 div.u32 and.pred max.s32 selp.b32 and.b32 "
     "max.f32 ld.global.nc.f32 ld.global.nc.v2.f32 ld.global.nc.v4.f32 ld.shared.f32 ld.shared.v2.f32 "
     "ld.shared.v4.f32 st.shared.f32 st.shared.v2.f32 st.shared.v4.f32 st.global.f32 st.global.v2.f32 "
     "st.global.v4.f32".split())
-_INSN = re.compile(r"^(?:@(?P<neg>!?)(?P<pred>%p\d+)\s+)?(?P<op>[a-z][\w.]*)\s*(?P<args>.*?);$")
+_INSN = re.compile(r"^(?:@(?P<neg>!?)(?P<pred>%p[a-z]*\d+)\s+)?(?P<op>[a-z][\w.]*)\s*(?P<args>.*?);$")
+
+
+def s32(x: int) -> int:
+    """The signed 32-bit value of an integer register (two's complement wrap)."""
+    return ((int(x) + 2**31) % 2**32) - 2**31
+
+
+def u32(x: int) -> int:
+    return int(x) % 2**32
 
 
 class Program:
@@ -116,7 +126,10 @@ def _thread(prog: Program, mem: Memory, shared: np.ndarray, tid, ctaid):
 
     def val(tok: str):
         if tok.startswith("%"):
-            return special[tok] if tok in special else regs[tok]
+            # A register never written reads as an undefined value, modelled as NaN: it can only
+            # pass the bit-exact comparison if it never reaches memory (e.g. a dead thread's
+            # residual, loaded and stored under the same false predicate).
+            return special[tok] if tok in special else regs.get(tok, F32(np.nan))
         if tok.startswith("0f"):
             return _f32_imm(tok)
         if tok == prog.shared_name:
@@ -149,19 +162,40 @@ def _thread(prog: Program, mem: Memory, shared: np.ndarray, tid, ctaid):
             yield
         elif name == "ld" and parts[1] == "param":
             regs[a[0]] = params[a[1].strip("[]")]
-        elif name in ("cvta", "mov", "cvt"):
+        elif op == "cvt.u64.u32":
+            regs[a[0]] = u32(val(a[1]))
+        elif op == "cvt.s64.s32":
+            regs[a[0]] = s32(val(a[1]))
+        elif name in ("cvta", "mov"):
             regs[a[0]] = val(a[1])
         elif name == "mul":
-            regs[a[0]] = (val(a[1]) * val(a[2])) & 0xFFFFFFFF
+            regs[a[0]] = s32(val(a[1]) * val(a[2]))
         elif name == "mad":
-            regs[a[0]] = (val(a[1]) * val(a[2]) + val(a[3])) & 0xFFFFFFFF
-        elif name == "min":
-            regs[a[0]] = min(val(a[1]), val(a[2]))
+            regs[a[0]] = s32(val(a[1]) * val(a[2]) + val(a[3]))
+        elif op == "min.s32":
+            regs[a[0]] = min(s32(val(a[1])), s32(val(a[2])))
+        elif op == "max.s32":
+            regs[a[0]] = max(s32(val(a[1])), s32(val(a[2])))
+        elif op == "selp.b32":
+            regs[a[0]] = u32(val(a[1]) if regs[a[3]] else val(a[2]))
+        elif op == "and.b32":  # on a float register: its IEEE bits (the padding mask)
+            x = val(a[1])
+            bits = int(np.array(x, F32).view(np.uint32)) if isinstance(x, np.floating) else u32(x)
+            out = bits & u32(val(a[2]))
+            regs[a[0]] = np.array(out, np.uint32).view(F32)[()] if isinstance(x, np.floating) else out
+        elif name == "div":
+            regs[a[0]] = u32(val(a[1])) // u32(val(a[2]))
+        elif op in ("add.s32", "sub.s32"):
+            b = val(a[2])
+            regs[a[0]] = s32(val(a[1]) + (b if name == "add" else -b))
         elif name == "shl":
             regs[a[0]] = val(a[1]) << val(a[2])
+        elif op == "and.pred":
+            regs[a[0]] = bool(regs[a[1]]) and bool(regs[a[2]])
         elif name == "setp":
             assert parts[1] == "lt", op
-            regs[a[0]] = val(a[1]) < val(a[2])
+            conv = u32 if parts[2] == "u32" else s32
+            regs[a[0]] = conv(val(a[1])) < conv(val(a[2]))
         elif name == "add" and parts[1] == "s64":
             regs[a[0]] = val(a[1]) + val(a[2])
         elif name == "add":

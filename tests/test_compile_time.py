@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 
 import numpy as np
 import ptx_sim  # tests/ptx_sim.py (pytest puts tests/ on sys.path)
@@ -118,6 +119,62 @@ def test_ptx_computes_the_cuda_arithmetic_bit_for_bit(case):
     if s.relu:
         dense = np.maximum(dense, 0)
     np.testing.assert_allclose(got, dense, rtol=1e-5, atol=1e-5)
+
+
+def _im2col(x: np.ndarray, g) -> np.ndarray:
+    """The virtual im2col matrix of NCHW x, materialised: [batch, c*kh*kw, oh*ow], 0 in the padding."""
+    (sy, sx), (py, px), (dy, dx) = g.stride, g.padding, g.dilation
+    out = np.zeros((x.shape[0], g.k, g.n), np.float32)
+    for c in range(g.c_in):
+        for ky in range(g.kh):
+            for kx in range(g.kw):
+                row = (c * g.kh + ky) * g.kw + kx
+                for oy in range(g.oh):
+                    for ox in range(g.ow):
+                        iy, ix = oy * sy - py + ky * dy, ox * sx - px + kx * dx
+                        if 0 <= iy < g.h and 0 <= ix < g.w:
+                            out[:, row, oy * g.ow + ox] = x[:, c, iy, ix]
+    return out
+
+
+CONV_CASES = [  # (c_in, h, w, kh, kw, stride, padding, dilation, batch, options)
+    (3, 6, 5, 3, 3, (1, 1), (1, 1), (1, 1), 1, dict(groups=2, rows_per_block=4, threads_x=8)),
+    (2, 7, 9, 3, 3, (2, 2), (1, 1), (1, 1), 2, dict(relu=True, residual=True, bias=True, prefetch=2)),
+    (4, 5, 5, 1, 1, (2, 2), (0, 0), (1, 1), 1, dict(threads_x=4)),  # strided 1x1: virtual too
+    (2, 9, 8, 3, 3, (1, 1), (2, 2), (2, 2), 1, dict(prefetch=1, groups=3, rows_per_block=3)),
+    (1, 11, 10, 7, 7, (2, 2), (3, 3), (1, 1), 1, dict(rows_per_block=5)),  # a ResNet stem
+    (2, 6, 6, 3, 2, (1, 2), (1, 0), (1, 1), 2, dict(threads_x=16, rows_per_block=2, budget=30)),  # slabs
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-s{c[5][0]}{c[5][1]}"
+                         f"-p{c[6][0]}{c[6][1]}-d{c[7][0]}-b{c[8]}")
+def test_ptx_virtual_im2col_computes_the_cuda_arithmetic_bit_for_bit(case):
+    from sparsert.plan import ConvGeometry
+
+    c_in, h, wd, kh, kw, stride, padding, dilation, batch, opts = case
+    opts = dict(opts)
+    g = ConvGeometry(c_in=c_in, h=h, w=wd, kh=kh, kw=kw, stride=stride, padding=padding, dilation=dilation)
+    m = 7
+    w = _weight(m, g.k, 0.4, seed=g.k + g.n)
+    bias = np.linspace(-1, 1, m).astype(np.float32) if opts.pop("bias", False) else None
+    budget = opts.pop("budget", 10**9)
+    o = KernelOptions(n=g.n, **opts)
+    s = plan(w.matrix, o, bias=bias, weight_digest=w.digest(), max_slab_nnz=budget, batch=batch,
+             batch_stride_b=c_in * h * wd, batch_stride_c=m * g.n, conv=g)
+    assert ptx.unsupported(s) is None and (budget > 10**6 or len(s.slabs) > 1)
+    rng = np.random.default_rng(len(case))
+    x = rng.standard_normal((batch, c_in, h, wd)).astype(np.float32)
+    R = rng.standard_normal((batch, m, g.n)).astype(np.float32) if s.residual else None
+    C = np.full((batch, m, g.n), np.nan, dtype=np.float32)
+    for u in ptx.render_ptx(s, ARCH):
+        ptx_sim.launch(u.source, u.grid, u.block, [x, C] + ([R] if s.residual else []))
+    want = reference(s, _im2col(x, g), R)
+    assert C.view(np.uint32).tolist() == want.view(np.uint32).tolist()
+    units = ptx.render_ptx(s, ARCH)
+    masked = sum(len(re.findall(r"and\.b32 \t%b\d+, %b\d+, %m\d+", u.source)) for u in units)
+    assert (masked > 0) == any(padding), "only taps that can fall in the padding are masked"
+    assert not any(re.search(r"@%p[kxy]\d+ ld", u.source) for u in units)  # loads never predicated
 
 
 def test_ptx_large_offsets_use_computed_addresses():
@@ -311,19 +368,20 @@ def test_ptxas_errors_name_the_unit():
 
 
 def test_schedules_the_emitter_does_not_know_go_to_nvrtc():
+    from sparsert.plan import ConvGeometry
+
     s = _schedule(_weight(8, 9, 0.5, seed=2), n=9)  # n = ow * oh of a 3x3 image, k = c_in * 1 * 1
     assert ptx.unsupported(s) is None
-    conv_geometry = getattr(__import__("sparsert.plan", fromlist=["x"]), "ConvGeometry", None)
-    if conv_geometry is None:
-        pytest.skip("no convolution schedules in this plan.py")
-    conv = dataclasses.replace(s, conv=conv_geometry(c_in=9, h=3, w=3, kh=1, kw=1, stride=(1, 1),
-                                                     padding=(0, 0), dilation=(1, 1)))
-    assert "conv" in ptx.unsupported(conv)
-    assert resolve_backend("cuda", "auto", schedule=conv) == "nvrtc"
+    conv = dataclasses.replace(s, conv=ConvGeometry(c_in=9, h=3, w=3, kh=1, kw=1, stride=(1, 1),
+                                                    padding=(0, 0), dilation=(1, 1)))
+    assert ptx.unsupported(conv) is None and resolve_backend("cuda", "auto", schedule=conv) in ("ptx", "nvrtc")
+    wide = dataclasses.replace(conv, vec=4)  # plan() never makes this: im2col reads are scalar
+    assert "conv" in ptx.unsupported(wide)
+    assert resolve_backend("cuda", "auto", schedule=wide) == "nvrtc"
     with pytest.raises(OptionsError, match="conv"):
-        resolve_backend("cuda", "ptx", schedule=conv)
+        resolve_backend("cuda", "ptx", schedule=wide)
     with pytest.raises(OptionsError, match="conv"):
-        ptx.render_ptx(conv, ARCH)
+        ptx.render_ptx(wide, ARCH)
 
 
 def test_ptx_units_must_come_from_the_schedule_passed():
