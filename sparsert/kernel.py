@@ -110,6 +110,22 @@ class SparseKernel:
     def sources(self) -> tuple[str, ...]:
         return tuple(u.source for u in self.units)
 
+    @property
+    def backend(self) -> str:
+        """How the binaries were built: 'ptx' (PTX emitter + ptxas), 'nvrtc' or 'hipcc'."""
+        kinds = {a.info.get("backend") for a in self.artifacts} - {None}
+        return kinds.pop() if len(kinds) == 1 else ("hipcc" if self.target == "hip" else "nvrtc")
+
+    @property
+    def ptx(self) -> tuple[str, ...] | None:
+        """Per slab, the PTX its CUBIN was assembled from (PTX backend); None otherwise. The CUDA
+        `source` computes the same numbers bit for bit (tests/test_compile_time.py)."""
+        if self.backend != "ptx":
+            return None
+        from .ptx import render_ptx
+
+        return tuple(u.source for u in render_ptx(self.schedule, self.arch))
+
     def sass_stats(self):
         """SASS facts over all slabs (CUDA only): FFMA-immediates, registers, spills."""
         if self.target != "cuda":
@@ -121,25 +137,32 @@ class SparseKernel:
     def summary(self) -> dict:
         return {
             "name": self.name, "sparsert": __version__, "target": self.target, "arch": self.arch,
+            "backend": self.backend,
             "schedule": self.schedule.params(), "stats": self.stats.as_dict(),
             "units": [{"kernel": u.kernel_name, "grid": list(u.grid), "block": list(u.block),
                        "nnz": u.nnz} for u in self.units],
         }
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write <name>.cu/.hip (+ _s<i> per slab), the binaries and <name>.json."""
+        """Write <name>.cu/.hip (+ _s<i> per slab), the binaries, the PTX they were assembled from
+    (PTX backend) and <name>.json."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         d = dialect(self.target)
         paths: dict[str, Path] = {}
         files = []
-        for u, a in zip(self.units, self.artifacts):
+        ptx = self.ptx
+        for i, (u, a) in enumerate(zip(self.units, self.artifacts)):
             stem = self.name if len(self.units) == 1 else f"{self.name}_s{u.index}"
             src = out / f"{stem}{d.suffix}"
             binf = out / f"{stem}{d.binary_suffix}"
             src.write_text(u.source)
             binf.write_bytes(a.binary)
-            files.append({"source": src.name, "binary": binf.name, "kernel": u.kernel_name})
+            entry = {"source": src.name, "binary": binf.name, "kernel": u.kernel_name}
+            if ptx is not None:  # what the CUBIN was assembled from
+                (out / f"{stem}.ptx").write_text(ptx[i])
+                entry["ptx"] = f"{stem}.ptx"
+            files.append(entry)
             paths.setdefault("source", src)
             paths.setdefault("binary", binf)
         summary = self.summary() | {"files": files}
