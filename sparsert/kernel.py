@@ -145,7 +145,7 @@ class SparseKernel:
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         """Write <name>.cu/.hip (+ _s<i> per slab), the binaries, the PTX they were assembled from
-    (PTX backend) and <name>.json."""
+        (PTX backend) and <name>.json."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         d = dialect(self.target)
