@@ -201,6 +201,8 @@ def markdown(doc: dict) -> str:
         f"Measured {doc['when']} on `{doc['machine']['cpu']}` ({doc['machine']['cores']} cores, no GPU), "
         f"arch {doc['arch']}; jobs (parallel compiles) per row in the JSON (default: the cores).", "",
         "Command:", "", "```bash", doc["command"], "```", "",
+        "## Summary", "", summary_markdown(doc),
+        "![compile throughput](compile_time.png)", "", "## Every kernel", "",
         "Median over runs (`runs`). `render s` is the CUDA render (what `sparsert.compile` always does); "
         "`compile s` is the wall time of `compile_units` (for `ptx` it includes rendering the PTX, "
         "`ptx s`). `CPU s`: CPU time of the compile (Python + compiler "
@@ -233,6 +235,71 @@ def markdown(doc: dict) -> str:
             f"| {r.get('ffma_imm_ok', 'n/a')} | {r['warm_s']:.3f} | {r['runs']} "
             f"| {r.get('loadavg_1min', float('nan')):.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def _group(r: dict) -> str:
+    """Summary group of a record: each random size on its own, DLMC per model and sparsity."""
+    parts = r["case"].split("/")
+    if parts[0] == "dlmc":
+        return f"DLMC {parts[1]} {parts[2]}"
+    return r["case"]
+
+
+def summary_markdown(doc: dict) -> str:
+    """Per group: layers, nonzeros, seconds, aggregate and per-kernel nnz/s, the worst case."""
+    groups: dict[tuple, list] = {}
+    for r in doc["results"]:
+        if "error" not in r and not r.get("sampled_slabs"):
+            groups.setdefault((_group(r), r["backend"], r["jobs"]), []).append(r)
+    lines = [
+        "| group | backend | jobs | kernels | nnz | total s | nnz/s (all) | nnz/s min / median | "
+        "slowest kernel s | single-slab kernels | peak MiB (python / ptxas) | ffma ok | spill B |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (name, backend, jobs), rs in groups.items():
+        nnz, total = sum(r["nnz"] for r in rs), sum(r["total_s"] for r in rs)
+        rates = sorted(r["nnz_per_s"] for r in rs)
+        lines.append(
+            f"| {name} | {backend} | {jobs} | {len(rs)} | {nnz} | {total:.2f} | {nnz / total:.0f} "
+            f"| {rates[0]:.0f} / {statistics.median(rates):.0f} | {max(r['total_s'] for r in rs):.2f} "
+            f"| {sum(1 for r in rs if r['slabs'] == 1)} "
+            f"| {max(r['peak_rss_mib'] for r in rs):.0f} / {max(r['peak_child_rss_mib'] for r in rs):.0f} "
+            f"| {all(r.get('ffma_imm_ok', False) for r in rs)} | {sum(r['spill_bytes'] for r in rs)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(doc: dict, path: Path) -> bool:
+    """nnz/s against nnz, one point per kernel (log-log), the 20,000 nnz/s target as a line."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 5))
+    series: dict[str, list] = {}
+    for r in doc["results"]:
+        if "error" in r or r.get("sampled_slabs"):
+            continue
+        label = ("DLMC" if r["case"].startswith("dlmc/") else "random 90%") + f", {r['backend']}, {r['jobs']} job(s)"
+        series.setdefault(label, []).append((r["nnz"], r["nnz_per_s"]))
+    for label, pts in sorted(series.items()):
+        xs, ys = zip(*sorted(pts))
+        ax.plot(xs, ys, "o" if label.startswith("DLMC") else "s-", ms=3 if label.startswith("DLMC") else 6,
+                label=label, alpha=0.7)
+    ax.axhline(20000, color="black", lw=1, ls="--", label="20,000 nnz/s")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("nonzeros of the kernel")
+    ax.set_ylabel("nnz / s (render + compile, cold cache)")
+    ax.set_title(f"sparsert compile throughput, {doc['machine']['cores']} cores, {doc['arch']}")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def machine() -> dict:
@@ -274,6 +341,7 @@ def merge(paths: list[Path], out: Path) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     out.with_suffix(".md").write_text(markdown(doc))
+    plot(doc, out.with_suffix(".png"))
     return 0
 
 
@@ -342,6 +410,7 @@ def main(argv=None) -> int:
             # rewritten after every case, so a long run leaves usable results when cut short
             args.out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
             args.out.with_suffix(".md").write_text(markdown(doc))
+    plot(doc, args.out.with_suffix(".png"))
     return 0
 
 

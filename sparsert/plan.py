@@ -34,6 +34,10 @@ ACCUMULATOR_BUDGET = 64  # rows_per_block * vec: registers of accumulators per t
 # Registers holding rows of B loaded ahead of use (prefetch * vec). 16 rows at vec 1 put the load
 # ~100 instructions before its first FFMA at 90% sparsity (checked on the SASS in the tests).
 PREFETCH_REGISTERS = 16
+# Warps a launch should have before thread groups stop being worth their reduction: ~8 resident
+# warps per SM on a 132-SM H100/H200.
+TARGET_WARPS = 1024
+GROUP_MIN_NNZ = 128  # nonzeros per thread group, at least
 
 
 @dataclass(frozen=True)
@@ -231,7 +235,8 @@ class Schedule:
         return sp.csr_matrix((v, (r, c)), shape=(self.m, self.k), dtype=np.float32)
 
 
-def choose_parameters(m: int, k: int, nnz: int, opts: KernelOptions) -> tuple[int, int, int, int]:
+def choose_parameters(m: int, k: int, nnz: int, opts: KernelOptions, *, batch: int = 1
+                      ) -> tuple[int, int, int, int]:
     """Defaults for (threads_x, vec, groups, rows_per_block); explicit options win.
 
     One column per thread (vec 1) and 64 rows per block by default, as in SparseRT: rows, not vec,
@@ -239,6 +244,11 @@ def choose_parameters(m: int, k: int, nnz: int, opts: KernelOptions) -> tuple[in
     vec multiplies the unrolled code (nonzeros x vec FFMAs), hence compile time and instruction
     cache footprint, for the same work. A 64-accumulator budget bought as 16 rows x vec 4 reuses B
     a quarter as often as 64 rows x vec 1 (benchmarks/COMPILE_TIME.md).
+
+    Thread groups (split K) shorten each thread's chain of FFMAs but cost a shared-memory
+    reduction of up to 3 x rows_per_block instructions per thread. They pay off only when the
+    grid alone cannot fill the GPU: groups are added until the launch has about TARGET_WARPS warps,
+    at most 4, and only while each group keeps >= GROUP_MIN_NNZ nonzeros.
     """
     n = opts.n
     vec = opts.vec or 1
@@ -247,9 +257,12 @@ def choose_parameters(m: int, k: int, nnz: int, opts: KernelOptions) -> tuple[in
     if opts.groups:
         groups = opts.groups
     else:
-        # Split K once a block has enough work for it to hide the reduction: ~128 nonzeros/group.
-        per_block = nnz / max(1, -(-m // rows))
-        groups = int(max(1, min(4, per_block // 128, k)))
+        n_blocks = -(-m // rows)
+        per_block = nnz / max(1, n_blocks)
+        ctas = n_blocks * -(-n // (threads_x * vec)) * max(1, batch)
+        warps_per_group = threads_x / 32
+        wanted = math.ceil(TARGET_WARPS / (ctas * warps_per_group))
+        groups = int(max(1, min(4, wanted, per_block // GROUP_MIN_NNZ, k)))
         while groups > 1 and groups * rows * threads_x * vec * 4 > SHARED_MEMORY_BYTES:
             groups -= 1
     if threads_x * groups > 1024:
@@ -331,7 +344,7 @@ def plan(
             raise OptionsError(f"vec={opts.vec}: a virtual im2col operand is read one column per "
                                f"thread; use vec=1")
         opts = replace(opts, vec=1)
-    threads_x, vec, groups, rows_per_block = choose_parameters(m, k, matrix.nnz, opts)
+    threads_x, vec, groups, rows_per_block = choose_parameters(m, k, matrix.nnz, opts, batch=batch)
     prefetch = choose_prefetch(vec, opts)
     bias_bits = None
     if bias is not None:

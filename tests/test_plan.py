@@ -132,3 +132,22 @@ def test_all_dlmc_patterns_planned(shared):
             back = s.to_csr()
             back.sort_indices()
             assert np.array_equal(back.data.view(np.uint32), w.matrix.data.view(np.uint32)), path
+
+
+def test_default_schedule_one_column_64_rows_and_groups_only_for_small_grids():
+    from sparsert.plan import GROUP_MIN_NNZ, TARGET_WARPS
+
+    # a big grid (hundreds of blocks x 8 tiles of N) fills the GPU alone: no split-K reduction
+    tx, vec, groups, rows = choose_parameters(33288, 512, 852171, KernelOptions(n=256))
+    assert (tx, vec, groups, rows) == (32, 1, 1, 64)
+    # a small one (8 blocks x 8 tiles) gets thread groups, up to 4
+    assert choose_parameters(512, 512, 13107, KernelOptions(n=256)) == (32, 1, 4, 64)
+    # in between: just enough warps
+    tx, vec, groups, rows = choose_parameters(4096, 4096, 1677722, KernelOptions(n=256))
+    ctas = (4096 // rows) * (256 // tx)
+    assert groups == 2 and ctas * groups >= TARGET_WARPS > ctas
+    # never fewer than GROUP_MIN_NNZ nonzeros per group; batch counts as more CTAs
+    assert choose_parameters(64, 64, 3 * GROUP_MIN_NNZ, KernelOptions(n=32))[2] == 3
+    assert choose_parameters(512, 512, 13107, KernelOptions(n=256), batch=16)[2] == 1
+    # explicit options win, and rows follow the accumulator budget when vec is set
+    assert choose_parameters(512, 512, 13107, KernelOptions(n=256, groups=2, vec=4)) == (32, 4, 2, 16)
