@@ -11,7 +11,7 @@ Variants:
 
 * schedule: vec 4 x 16 rows (the earlier default) vs vec 1 x 64 rows (now); both 64 accumulators;
 * prefetch: 1 (each row of B loaded right before its FMAs) vs 16 (software-pipelined);
-* ptxas: -O3 vs -Ofast-compile=min (compiler.PTXAS_OPTIONS).
+* ptxas: -O3 vs -Ofast-compile=min (compiler.PTXAS_OPTIONS) vs -Ofast-compile=max.
 
 Results: benchmarks/results/compile_probe.json and .md (--out).
 """
@@ -38,6 +38,7 @@ VARIANTS = (  # name, schedule options, ptxas options
     ("vec1 x 64 rows, prefetch 1, -Ofc min", dict(vec=1, rows_per_block=64, prefetch=1), ("-Ofc", "min")),
     ("vec1 x 64 rows, prefetch 16, -Ofc min (default)", dict(vec=1, rows_per_block=64, prefetch=16),
      ("-Ofc", "min")),
+    ("vec1 x 64 rows, prefetch 16, -Ofc max", dict(vec=1, rows_per_block=64, prefetch=16), ("-Ofc", "max")),
 )
 
 

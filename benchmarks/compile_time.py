@@ -6,7 +6,8 @@
     python3 -m benchmarks.compile_time --backend ptx nvrtc --sizes 256 512
 
 Per case, in a fresh subprocess (so peak memory is the case's own): build the weight, plan,
-render the CUDA units (what sparsert.compile does), compile them into an empty kernel cache
+render what sparsert.compile renders (the CUDA units for NVRTC; nothing for the PTX backend,
+which renders its PTX while compiling), compile them into an empty kernel cache
 (`--backend`: ptx = PTX emitter + ptxas, nvrtc = CUDA C++ through NVRTC), then compile again
 from the now warm cache. Recorded: plan/render/compile seconds, nnz per second of render +
 compile, source/PTX/CUBIN bytes, peak RSS of the Python process and of the largest compiler
@@ -90,6 +91,7 @@ def _cpu_seconds() -> float:
 
 def run_case(case: dict, *, backend: str, arch: str, jobs: int | None, max_slab_nnz: int | None,
              check: bool, sample_slabs: int | None = None) -> dict:
+    from sparsert.api import units_for
     from sparsert.compiler import compile_units, resolve_backend
     from sparsert.config import settings
     from sparsert.options import KernelOptions
@@ -103,7 +105,9 @@ def run_case(case: dict, *, backend: str, arch: str, jobs: int | None, max_slab_
         t0 = time.perf_counter()
         s = plan(w.matrix, opts, weight_digest=w.digest(), max_slab_nnz=settings().max_slab_nnz)
         t1 = time.perf_counter()
-        units = render(s, "cuda")
+        # what sparsert.compile does: the CUDA source only where the backend compiles it (NVRTC);
+        # the PTX backend renders its PTX inside compile_units (ptx_render_s)
+        units = render(s, "cuda") if backend == "nvrtc" else units_for(s, "cuda")[0]
         t2 = time.perf_counter()
         all_units = units
         if sample_slabs and sample_slabs < len(units):  # evenly spread sample of the slabs
@@ -127,7 +131,7 @@ def run_case(case: dict, *, backend: str, arch: str, jobs: int | None, max_slab_
         "warm_s": t4 - t3, "warm_cached": sum(a.cached for a in warm),
         "sampled_slabs": len(units) if len(units) < len(all_units) else None,
         "sampled_nnz": sum(u.nnz for u in units),
-        "source_bytes": sum(len(u.source.encode()) for u in all_units),
+        "source_bytes": sum(len(u.source.encode()) for u in all_units),  # CUDA source (0: not rendered)
         "ptx_bytes": sum(a.info.get("ptx_bytes", 0) for a in arts),
         "cubin_bytes": sum(len(a.binary) for a in arts),
         "registers": max((a.info.get("registers") or 0) for a in arts),
@@ -203,7 +207,9 @@ def markdown(doc: dict) -> str:
         "Command:", "", "```bash", doc["command"], "```", "",
         "## Summary", "", summary_markdown(doc),
         "![compile throughput](compile_time.png)", "", "## Every kernel", "",
-        "Median over runs (`runs`). `render s` is the CUDA render (what `sparsert.compile` always does); "
+        "Median over runs (`runs`). `render s`: the CUDA source render, which `sparsert.compile` "
+        "needs only for `nvrtc` (a `ptx` row with `source MiB` 0 skipped it, as compile() does; one "
+        "with `source MiB` > 0 was measured with the CUDA render included, a few % slower). "
         "`compile s` is the wall time of `compile_units` (for `ptx` it includes rendering the PTX, "
         "`ptx s`). `CPU s`: CPU time of the compile (Python + compiler "
         "subprocesses), the number a busy machine inflates least. nnz/s = nnz / (render + compile). `peak MiB`: peak RSS of the Python process; "

@@ -7,13 +7,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from .compiler import Progress, compile_units
+from .compiler import Progress, compile_units, resolve_backend
 from .config import settings
 from .errors import OptionsError
 from .kernel import SparseKernel, make_stats
 from .options import KernelOptions
 from .plan import plan
-from .render import render
+from .render import launch_units, render
 from .weights import Weight, check_finite, load_array, load_weight
 
 
@@ -26,6 +26,14 @@ def resolve_arch(target: str, arch: str | None) -> str:
 
         return device_arch() or settings().default_arch
     return settings().hip_arch
+
+
+def units_for(schedule, target: str):
+    """(units, backend): the PTX backend builds from the schedule itself, so its units carry no
+    source (the CUDA source is rendered only if asked for); NVRTC and hipcc compile the source."""
+    backend = resolve_backend(target, None, schedule=schedule)
+    units = launch_units(schedule) if backend == "ptx" else render(schedule, target)
+    return units, backend
 
 
 def as_weight(weight, *, tensor: str | None = None, seed: int = 0, values: str = "normal") -> Weight:
@@ -91,10 +99,10 @@ def compile(
     schedule = plan(w.matrix, options, bias=bias_arr, weight_digest=w.digest(),
                     max_slab_nnz=settings().max_slab_nnz)
     t1 = time.perf_counter()
-    units = render(schedule, options.target)
+    units, backend = units_for(schedule, options.target)
     t2 = time.perf_counter()
     artifacts = compile_units(units, target=options.target, arch=arch_, use_cache=use_cache,
-                              jobs=jobs, progress=progress, schedule=schedule)
+                              jobs=jobs, progress=progress, schedule=schedule, backend=backend)
     t3 = time.perf_counter()
     stats = make_stats(schedule, units, artifacts, plan_s=t1 - t0, render_s=t2 - t1,
                        compile_s=t3 - t2)

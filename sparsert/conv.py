@@ -25,14 +25,13 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse
 
-from .api import load_bias, resolve_arch
+from .api import load_bias, resolve_arch, units_for
 from .compiler import Progress, compile_units
 from .config import settings
 from .errors import InputError, OptionsError, WeightError
 from .kernel import SparseKernel, make_stats
 from .options import KernelOptions
 from .plan import ConvGeometry, plan
-from .render import render
 from .weights import Weight, check_finite, load_array, load_weight
 
 LAYOUTS = ("oihw", "im2col")
@@ -397,11 +396,11 @@ def compile_conv2d(
         conv=None if spec.contiguous else spec.geometry(),
     )
     t1 = time.perf_counter()
-    units = render(schedule, target)
+    # the PTX emitter (virtual im2col included) where ptxas is installed, else NVRTC
+    units, backend = units_for(schedule, target)
     t2 = time.perf_counter()
-    # 'auto': the PTX emitter (virtual im2col included) where ptxas is installed, else NVRTC.
     artifacts = compile_units(units, target=target, arch=arch_, use_cache=use_cache, jobs=jobs,
-                              progress=progress, schedule=schedule)
+                              progress=progress, schedule=schedule, backend=backend)
     t3 = time.perf_counter()
     stats = make_stats(schedule, units, artifacts, plan_s=t1 - t0, render_s=t2 - t1, compile_s=t3 - t2)
     kernel = SparseKernel(schedule=schedule, units=units, artifacts=artifacts, target=target,

@@ -28,7 +28,7 @@ class KernelStats:
     nnz: int
     blocks: int
     slabs: int
-    source_bytes: int
+    source_bytes: int  # of the source the binaries were built from (PTX for the PTX backend)
     binary_bytes: int
     registers: int | None  # max over slabs (ptxas -v); None for HIP
     spill_stores: int | None  # bytes, summed over slabs
@@ -57,7 +57,10 @@ def make_stats(schedule: Schedule, units, artifacts, *, plan_s: float, render_s:
                compile_s: float) -> KernelStats:
     return KernelStats(
         nnz=schedule.nnz, blocks=len(schedule.blocks) * schedule.grid_n * schedule.batch,
-        slabs=len(units), source_bytes=sum(len(u.source.encode()) for u in units),
+        slabs=len(units),
+        # the source the binaries were built from: the CUDA/HIP units, or the PTX (PTX backend)
+        source_bytes=sum(len(u.source.encode()) for u in units) if all(u.source for u in units)
+        else sum(int(a.info.get("ptx_bytes") or 0) for a in artifacts),
         binary_bytes=sum(len(a.binary) for a in artifacts),
         registers=_max_or_none(a.info.get("registers") for a in artifacts),
         spill_stores=_sum_or_none(a.info.get("spill_stores") for a in artifacts),
@@ -90,7 +93,8 @@ class SparseKernel:
         self._modules: dict[int, list] = {}  # device id -> [cupy Function per unit]
         self._streams: dict[int, tuple] = {}  # device id -> slab lanes and their events
         self._host = None
-        self._lock = threading.Lock()
+        self._rendered: tuple[Unit, ...] | None = None
+        self._lock = threading.RLock()  # source_units() is also called under it (host_kernels)
 
     # -- inspection -----------------------------------------------------------------------
     @property
@@ -101,14 +105,26 @@ class SparseKernel:
     def n(self) -> int:
         return self.schedule.n
 
+    def source_units(self) -> tuple[Unit, ...]:
+        """The CUDA/HIP units with their source. A kernel built from PTX was launched from
+        sourceless units (render.launch_units); their source is rendered here on first use."""
+        if all(u.source for u in self.units):
+            return self.units
+        with self._lock:
+            if self._rendered is None:
+                from .render import render
+
+                self._rendered = render(self.schedule, self.target)
+            return self._rendered
+
     @property
     def source(self) -> str:
         """The generated source; several slabs are concatenated, each a standalone unit."""
-        return "\n".join(u.source for u in self.units)
+        return "\n".join(u.source for u in self.source_units())
 
     @property
     def sources(self) -> tuple[str, ...]:
-        return tuple(u.source for u in self.units)
+        return tuple(u.source for u in self.source_units())
 
     @property
     def backend(self) -> str:
@@ -152,7 +168,7 @@ class SparseKernel:
         paths: dict[str, Path] = {}
         files = []
         ptx = self.ptx
-        for i, (u, a) in enumerate(zip(self.units, self.artifacts)):
+        for i, (u, a) in enumerate(zip(self.source_units(), self.artifacts)):
             stem = self.name if len(self.units) == 1 else f"{self.name}_s{u.index}"
             src = out / f"{stem}{d.suffix}"
             binf = out / f"{stem}{d.binary_suffix}"
@@ -329,7 +345,7 @@ class SparseKernel:
                 with ThreadPoolExecutor(max_workers=max(1, min(settings().jobs, len(self.units)))) as pool:
                     self._host = list(pool.map(
                         lambda u: HostKernel.build(u.source, u.kernel_name, params, name=u.kernel_name),
-                        self.units))
+                        self.source_units()))
             return self._host
 
     def run_host(self, B: np.ndarray, *, residual: np.ndarray | None = None) -> np.ndarray:

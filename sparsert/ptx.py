@@ -35,7 +35,7 @@ import numpy as np
 
 from .errors import OptionsError
 from .plan import BlockWork, GroupWork, Schedule
-from .render import Unit, kernel_base_name
+from .render import Unit, launch_units
 
 _MAX_IMM_OFFSET = 2**31 - 1  # PTX address immediates are signed 32-bit
 
@@ -389,14 +389,6 @@ def render_ptx(s: Schedule, arch: str, slabs: tuple[int, ...] | None = None) -> 
     """PTX units for the schedule's slabs (all, or the given indices): same names and launch
     geometry as render.render(s). Deterministic: same schedule and arch, same bytes."""
     em = _Emitter(s, arch)
-    base = kernel_base_name(s)
-    units = []
-    for index in (range(len(s.slabs)) if slabs is None else slabs):
-        start, stop = s.slabs[index]
-        name = base if len(s.slabs) == 1 else f"{base}_s{index}"
-        units.append(Unit(
-            index=index, kernel_name=name, source=em.slab(index, name),
-            grid=(stop - start, s.grid_n, s.batch), block=(s.threads_x, s.groups, 1),
-            first_block=start, nnz=sum(s.blocks[i].nnz for i in range(start, stop)),
-        ))
-    return tuple(units)
+    geometry = launch_units(s)
+    return tuple(dataclasses.replace(geometry[i], source=em.slab(i, geometry[i].kernel_name))
+                 for i in (range(len(s.slabs)) if slabs is None else slabs))

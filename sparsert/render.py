@@ -258,7 +258,7 @@ def render(s: Schedule, target: str = "cuda") -> tuple[Unit, ...]:
     macros = _macros(s)
     units = []
     for index, (start, stop) in enumerate(s.slabs):
-        name = base if len(s.slabs) == 1 else f"{base}_s{index}"
+        name = unit_name(s, index)
         cases = []
         for local, bi in enumerate(range(start, stop)):
             block = s.blocks[bi]
@@ -281,9 +281,26 @@ def render(s: Schedule, target: str = "cuda") -> tuple[Unit, ...]:
             kernel_name=name, batch_stride_b=s.batch_stride_b, batch_stride_c=s.batch_stride_c,
             cases=cases, **macros,
         )
-        units.append(Unit(
-            index=index, kernel_name=name, source=source,
-            grid=(stop - start, s.grid_n, s.batch), block=(s.threads_x, s.groups, 1),
-            first_block=start, nnz=sum(s.blocks[i].nnz for i in range(start, stop)),
-        ))
+        units.append(_unit(s, index, source))
     return tuple(units)
+
+
+def _unit(s: Schedule, index: int, source: str) -> Unit:
+    start, stop = s.slabs[index]
+    return Unit(
+        index=index, kernel_name=unit_name(s, index), source=source,
+        grid=(stop - start, s.grid_n, s.batch), block=(s.threads_x, s.groups, 1),
+        first_block=start, nnz=sum(s.blocks[i].nnz for i in range(start, stop)),
+    )
+
+
+def unit_name(s: Schedule, index: int) -> str:
+    base = kernel_base_name(s)
+    return base if len(s.slabs) == 1 else f"{base}_s{index}"
+
+
+def launch_units(s: Schedule) -> tuple[Unit, ...]:
+    """The units' names and launch geometry with no source (`source == ""`): all that a launch,
+    and a build from the schedule (the PTX backend), need. Rendering the CUDA source of a big
+    kernel costs seconds (2-3 us per nonzero); SparseKernel renders it only when asked for."""
+    return tuple(_unit(s, i, "") for i in range(len(s.slabs)))

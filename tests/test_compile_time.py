@@ -389,3 +389,30 @@ def test_ptx_units_must_come_from_the_schedule_passed():
     b = _schedule(_weight(8, 9, 0.5, seed=3))
     with pytest.raises(OptionsError, match="not rendered from this schedule"):
         compiler.UnitBuild(render(a)[0], target="cuda", arch=ARCH, cache=None, backend="ptx", schedule=b)
+
+
+@needs_ptxas
+def test_ptx_backend_compile_renders_no_cuda_until_asked(monkeypatch, tmp_path):
+    import sparsert
+    from sparsert import api
+    from sparsert import render as render_mod
+
+    monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path))
+    w = _weight(40, 48, 0.2, seed=23)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("compile() must not render the CUDA source for the PTX backend")
+
+    with monkeypatch.context() as m:
+        m.setattr(api, "render", boom)
+        kernel = sparsert.compile(w, n=64, arch=ARCH, options=KernelOptions(n=64, rows_per_block=8,
+                                                                            max_slab_nnz=100))
+    assert kernel.backend == "ptx" and len(kernel.units) > 1
+    assert all(u.source == "" for u in kernel.units)  # launch geometry only
+    assert kernel.stats.source_bytes == sum(len(p.encode()) for p in kernel.ptx)
+    want = render_mod.render(kernel.schedule)
+    assert kernel.sources == tuple(u.source for u in want)  # rendered on first use
+    assert [(u.kernel_name, u.grid, u.block) for u in want] == \
+        [(u.kernel_name, u.grid, u.block) for u in kernel.units]
+    got = kernel.run_host(np.ones((48, 64), np.float32))  # the host path renders it too
+    np.testing.assert_allclose(got, w.matrix.toarray() @ np.ones((48, 64)), rtol=1e-5, atol=1e-5)
