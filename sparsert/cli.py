@@ -69,7 +69,10 @@ def _weight_arguments(p: argparse.ArgumentParser, *, n_required: bool = True, ma
     p.add_argument("--groups", type=_positive_int, help="Gy: thread groups splitting K")
     p.add_argument("--rows-per-block", type=_positive_int)
     p.add_argument("--max-slab-nnz", type=_positive_int,
-                   help="split kernels above this many nonzeros into slabs compiled in parallel")
+                   help="split kernels above this many FFMAs (nonzeros x vec) into slabs compiled "
+                        "in parallel (default $SPARSERT_MAX_SLAB_NNZ or 16384)")
+    p.add_argument("--prefetch", type=_positive_int,
+                   help="rows of B each thread loads ahead of use (default 16 / vec)")
     p.add_argument("--jobs", type=_positive_int, help="parallel compiler jobs (default: all cores)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the kernel cache")
     p.add_argument("--tune", action="store_true", help="autotune the schedule on the GPU (persisted)")
@@ -93,7 +96,7 @@ def _compile_from_args(args, target: str | None = None, progress=None):
     options = KernelOptions(
         n=args.n, target=target or args.target, arch=args.arch, relu=args.relu,
         threads_x=args.threads_x, vec=args.vec, groups=args.groups,
-        rows_per_block=args.rows_per_block, max_slab_nnz=args.max_slab_nnz,
+        rows_per_block=args.rows_per_block, max_slab_nnz=args.max_slab_nnz, prefetch=args.prefetch,
     )
     return compile_kernel(
         args.weight, options=options, bias=args.bias, tensor=args.tensor, seed=args.seed,

@@ -352,6 +352,7 @@ def compile_conv2d(
     thread_groups: int | None = None,
     rows_per_block: int | None = None,
     max_slab_nnz: int | None = None,
+    prefetch: int | None = None,
     tensor: str | None = None,
     seed: int = 0,
     values: str = "normal",
@@ -384,7 +385,7 @@ def compile_conv2d(
     options = KernelOptions(
         n=n, target=target, arch=arch_, relu=bool(relu), residual=bool(residual),
         threads_x=threads_x, vec=vec if spec.contiguous else 1, groups=thread_groups,
-        rows_per_block=rows_per_block, max_slab_nnz=max_slab_nnz)
+        rows_per_block=rows_per_block, max_slab_nnz=max_slab_nnz, prefetch=prefetch)
     bias_arr = load_bias(bias, spec.c_out)
 
     t0 = time.perf_counter()
@@ -481,7 +482,8 @@ def conv_from_args(args: argparse.Namespace) -> ConvKernel:
         target=getattr(args, "target", None) or "cuda", arch=getattr(args, "arch", None),
         threads_x=getattr(args, "threads_x", None), vec=getattr(args, "vec", None),
         thread_groups=getattr(args, "groups", None), rows_per_block=getattr(args, "rows_per_block", None),
-        max_slab_nnz=getattr(args, "max_slab_nnz", None), tensor=getattr(args, "tensor", None),
+        max_slab_nnz=getattr(args, "max_slab_nnz", None), prefetch=getattr(args, "prefetch", None),
+        tensor=getattr(args, "tensor", None),
         seed=getattr(args, "seed", 0), values=getattr(args, "values", "normal"),
         use_cache=not getattr(args, "no_cache", False), jobs=getattr(args, "jobs", None),
         progress=progress)
