@@ -121,7 +121,8 @@ def summary_lines(summary: dict, sass=None) -> list[str]:
         f"{s['shared_bytes']} B shared",
         f"  epilogue: bias={'yes' if s['bias'] else 'no'} relu={'yes' if s['relu'] else 'no'} "
         f"residual={'yes' if s['residual'] else 'no'}",
-        f"  code: {s['slabs']} slab(s), source {st['source_bytes']:,} B, binary {st['binary_bytes']:,} B, "
+        f"  code: {s['slabs']} slab(s), {summary.get('backend', 'source')} source {st['source_bytes']:,} B, "
+        f"binary {st['binary_bytes']:,} B, "
         f"registers {st['registers'] if st['registers'] is not None else 'n/a'}, spills "
         f"{(st['spill_stores'] or 0) + (st['spill_loads'] or 0) if st['spill_stores'] is not None else 'n/a'} B",
         f"  time: plan {_fmt_seconds(st['plan_seconds'])}, render {_fmt_seconds(st['render_seconds'])}, "
@@ -160,7 +161,8 @@ def cmd_compile(args) -> int:
         if len(weights) > 1:
             print(f"[{i + 1}/{len(weights)}] {weight}")
         print("\n".join(summary_lines(kernel.summary())))
-        print(f"  wrote: {paths['source']}{' (+ slabs)' if len(kernel.units) > 1 else ''}, "
+        written = [paths["source"].name] + ([paths["ptx"].name] if "ptx" in paths else [])
+        print(f"  wrote: {', '.join(written)}{' (+ slabs)' if len(kernel.units) > 1 else ''}, "
               f"{paths['binary'].name}, {paths['json'].name} in {out}")
     if len(weights) > 1:
         print(f"{len(weights)} kernels in {_fmt_seconds(time.perf_counter() - t0)}")

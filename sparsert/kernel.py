@@ -178,6 +178,7 @@ class SparseKernel:
             if ptx is not None:  # what the CUBIN was assembled from
                 (out / f"{stem}.ptx").write_text(ptx[i])
                 entry["ptx"] = f"{stem}.ptx"
+                paths.setdefault("ptx", out / entry["ptx"])
             files.append(entry)
             paths.setdefault("source", src)
             paths.setdefault("binary", binf)
