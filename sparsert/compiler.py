@@ -30,8 +30,8 @@ from .render import Unit
 
 NVRTC_OPTIONS = ("--ftz=false", "--prec-div=true", "--fmad=true")  # exact IEEE; FMA contraction on
 # -Ofast-compile=min: ptxas keeps the emitter's software-pipelined order of loads (at -O3 it
-# re-sinks them: median load-to-use 40 SASS instructions instead of ~110) and assembles in about
-# 60% of the -O3 time, with the same instructions (benchmarks/COMPILE_TIME.md).
+# re-sinks them: median load-to-use 22-26 SASS instructions instead of 111-112) and assembles in
+# 65-78% of the -O3 time, with the same instructions (benchmarks/results/compile_probe.md).
 PTXAS_OPTIONS = ("-Ofc", "min")
 BACKENDS = ("ptx", "nvrtc")
 
@@ -60,7 +60,7 @@ def compiler_version(target: str, backend: str = "nvrtc") -> str:
 def resolve_backend(target: str, backend: str | None = None, *, schedule: Schedule | None = None) -> str:
     """The build path for `target`: 'hipcc' for HIP; for CUDA the requested backend, else
     SPARSERT_BACKEND; 'auto' picks 'ptx' when ptxas is installed and the PTX emitter can render
-    the schedule (a plain SpMM, passed in), else 'nvrtc'."""
+    the schedule passed in (SpMM and virtual-im2col convolutions), else 'nvrtc'."""
     if target != "cuda":
         return "hipcc"
     choice = backend or settings().backend
