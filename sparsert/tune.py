@@ -1,4 +1,4 @@
-"""Autotuner: search (threads_x, vec, groups, rows_per_block) on the device, persist the best.
+"""Autotuner: search (threads_x, vec, groups, rows_per_block, prefetch) on the device, persist the best.
 
 `tuned_options(weight, options)` returns the options with the schedule filled in: from the tune
 store when this (weight, N, arch, epilogue) was tuned before - no timing at all - else from a
@@ -39,9 +39,9 @@ from . import __version__
 from .config import settings
 from .errors import CompileError, OptionsError, SparsertError, ToolchainError
 from .options import VECTOR_WIDTHS, KernelOptions
-from .plan import SHARED_MEMORY_BYTES, choose_parameters
+from .plan import SHARED_MEMORY_BYTES, choose_parameters, choose_prefetch
 
-FORMAT = 1
+FORMAT = 2  # 2: prefetch joined the searched fields
 DEFAULT_BUDGET = 24  # compiled candidates per search: compiles of unrolled kernels take seconds
 DEFAULT_RTOL = 1e-4  # normwise relative error accepted against the float64 reference
 
@@ -57,19 +57,21 @@ OVERHEAD_REGISTERS = 24
 THREADS_X = (8, 16, 32, 64, 128, 256)
 GROUPS = (1, 2, 4, 8)
 ROWS_PER_BLOCK = (1, 2, 4, 8, 16, 32, 64, 128)
-SCHEDULE_FIELDS = ("threads_x", "vec", "groups", "rows_per_block")
+PREFETCH = (4, 8, 16, 32)  # rows of B in flight per thread (PTX backend's software pipelining)
+MAX_PREFETCH_REGISTERS = 32  # prefetch * vec
+SCHEDULE_FIELDS = ("threads_x", "vec", "groups", "rows_per_block", "prefetch")
 
-Params = tuple[int, int, int, int]  # (threads_x, vec, groups, rows_per_block)
+Params = tuple[int, int, int, int, int]  # (threads_x, vec, groups, rows_per_block, prefetch)
 
 
 # -- the search space -------------------------------------------------------------------------
-def estimated_registers(vec: int, rows_per_block: int) -> int:
-    return rows_per_block * vec + vec + OVERHEAD_REGISTERS
+def estimated_registers(vec: int, rows_per_block: int, prefetch: int = 1) -> int:
+    return rows_per_block * vec + prefetch * vec + OVERHEAD_REGISTERS
 
 
 def violates(p: Params, *, m: int, k: int, n: int) -> str | None:
     """Why a parameter tuple is infeasible for an M x K weight at this N, or None if it fits."""
-    tx, vec, groups, rows = p
+    tx, vec, groups, rows, prefetch = p
     threads = tx * groups
     if n % vec:
         return f"vec={vec} does not divide n={n}"
@@ -79,7 +81,9 @@ def violates(p: Params, *, m: int, k: int, n: int) -> str | None:
         return f"{rows * vec} accumulators per thread > {MAX_ACCUMULATORS}"
     if groups > 1 and groups * rows * tx * vec * 4 > SHARED_MEMORY_BYTES:
         return f"{groups * rows * tx * vec * 4} bytes of shared memory > {SHARED_MEMORY_BYTES}"
-    regs = estimated_registers(vec, rows)
+    if prefetch * vec > MAX_PREFETCH_REGISTERS:
+        return f"{prefetch} rows x vec {vec} of B in flight > {MAX_PREFETCH_REGISTERS} registers"
+    regs = estimated_registers(vec, rows, prefetch)
     if regs > MAX_REGISTERS_PER_THREAD or regs * threads > REGISTERS_PER_BLOCK:
         return f"~{regs} registers x {threads} threads > {REGISTERS_PER_BLOCK} per block"
     return None
@@ -90,7 +94,7 @@ def _values(pinned: int | None, choices: Sequence[int], useful: Callable[[int], 
 
 
 def search_space(m: int, k: int, opts: KernelOptions, include: Sequence[Params] = ()) -> list[Params]:
-    """Every feasible (threads_x, vec, groups, rows_per_block), pinned fields of `opts` kept,
+    """Every feasible (threads_x, vec, groups, rows_per_block, prefetch), pinned fields of `opts` kept,
     plus the feasible tuples of `include` (the planner's default may use e.g. groups=3).
 
     Beyond the hard limits, values that can only waste work are left out: a tile of N much wider
@@ -100,6 +104,7 @@ def search_space(m: int, k: int, opts: KernelOptions, include: Sequence[Params] 
     vecs = _values(opts.vec, VECTOR_WIDTHS, lambda v: n % v == 0)
     rows = _values(opts.rows_per_block, ROWS_PER_BLOCK, lambda r: r == 1 or r < 2 * m)
     groups = _values(opts.groups, GROUPS, lambda g: g <= k)
+    depths = _values(opts.prefetch, PREFETCH, lambda d: True)
     space = []
     for vec in vecs:
         txs = _values(opts.threads_x, THREADS_X,
@@ -107,18 +112,20 @@ def search_space(m: int, k: int, opts: KernelOptions, include: Sequence[Params] 
         for tx in txs:
             for g in groups:
                 for r in rows:
-                    p = (tx, vec, g, r)
-                    if violates(p, m=m, k=k, n=n) is None:
-                        space.append(p)
+                    for d in depths:
+                        p = (tx, vec, g, r, d)
+                        if violates(p, m=m, k=k, n=n) is None:
+                            space.append(p)
     extra = [tuple(p) for p in include if violates(tuple(p), m=m, k=k, n=n) is None]
     return sorted(set(space) | set(extra))  # type: ignore[arg-type]
 
 
 def default_params(m: int, k: int, nnz: int, opts: KernelOptions) -> Params | None:
     try:
-        return tuple(choose_parameters(m, k, nnz, opts))  # type: ignore[return-value]
+        tx, vec, groups, rows = choose_parameters(m, k, nnz, opts)
     except OptionsError:
         return None
+    return tx, vec, groups, rows, choose_prefetch(vec, opts)
 
 
 def as_options(opts: KernelOptions, p: Params) -> KernelOptions:
@@ -146,19 +153,20 @@ class Trial:
 
 def _neighbours(p: Params, axes: Sequence[Sequence[int]], two_step: bool) -> list[Params]:
     """One-coordinate moves (to every value, nearest first), or adjacent two-coordinate moves."""
-    idx = [axes[a].index(p[a]) for a in range(4)]
+    dims = len(p)
+    idx = [axes[a].index(p[a]) for a in range(dims)]
     out: list[Params] = []
     if not two_step:
         # every value of every axis, nearest first across axes, so a small budget sees each axis
-        moves = sorted((abs(j - idx[a]), a, j) for a in range(4) for j in range(len(axes[a]))
+        moves = sorted((abs(j - idx[a]), a, j) for a in range(dims) for j in range(len(axes[a]))
                        if j != idx[a])
         for _, a, j in moves:
             q = list(p)
             q[a] = axes[a][j]
             out.append(tuple(q))  # type: ignore[arg-type]
         return out
-    for a in range(4):
-        for b in range(a + 1, 4):
+    for a in range(dims):
+        for b in range(a + 1, dims):
             for da in (-1, 1):
                 for db in (-1, 1):
                     ja, jb = idx[a] + da, idx[b] + db
@@ -179,7 +187,7 @@ def search(space: Sequence[Params], evaluate: Callable[[Params], Trial], *, star
     if not space or budget < 1:
         return []
     feasible = set(space)
-    axes = [sorted({p[a] for p in space}) for a in range(4)]
+    axes = [sorted({p[a] for p in space}) for a in range(len(space[0]))]
     trials: dict[Params, Trial] = {}
     order: list[Trial] = []
 

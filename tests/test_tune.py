@@ -19,7 +19,7 @@ import sparsert
 from sparsert import tune
 from sparsert.errors import ToolchainError
 from sparsert.options import KernelOptions
-from sparsert.plan import SHARED_MEMORY_BYTES, choose_parameters
+from sparsert.plan import SHARED_MEMORY_BYTES, choose_parameters, choose_prefetch
 from sparsert.weights import load_weight
 
 ARCH = "sm_90"
@@ -46,7 +46,7 @@ class FakeTimer:
     def __call__(self, kernel) -> float:
         self.calls += 1
         s = kernel.schedule
-        return self.cost((s.threads_x, s.vec, s.groups, s.rows_per_block))
+        return self.cost((s.threads_x, s.vec, s.groups, s.rows_per_block, s.prefetch))
 
 
 def no_timer(kernel):
@@ -66,7 +66,8 @@ def store_dir(tmp_path, monkeypatch):
 # -- search space -----------------------------------------------------------------------------
 @settings(max_examples=40, deadline=None)
 @given(m=st.integers(1, 600), k=st.integers(1, 600), n=st.integers(1, 5000),
-       pin=st.sampled_from([{}, {"vec": 1}, {"groups": 2}, {"threads_x": 32}, {"rows_per_block": 4}]))
+       pin=st.sampled_from([{}, {"vec": 1}, {"groups": 2}, {"threads_x": 32}, {"rows_per_block": 4},
+                            {"prefetch": 8}]))
 def test_search_space_respects_hardware_limits(m, k, n, pin):
     if "vec" in pin and n % pin["vec"]:
         return
@@ -74,26 +75,29 @@ def test_search_space_respects_hardware_limits(m, k, n, pin):
     space = tune.search_space(m, k, opts)
     assert space, "every problem has at least one feasible schedule"
     assert len(set(space)) == len(space)
-    for tx, vec, groups, rows in space:
+    for tx, vec, groups, rows, depth in space:
         assert tx * groups <= 1024
         assert rows * vec <= tune.MAX_ACCUMULATORS
         assert groups == 1 or groups * rows * tx * vec * 4 <= SHARED_MEMORY_BYTES
-        assert n % vec == 0
-        regs = tune.estimated_registers(vec, rows)
+        assert n % vec == 0 and depth * vec <= tune.MAX_PREFETCH_REGISTERS
+        regs = tune.estimated_registers(vec, rows, depth)
         assert regs <= 255 and regs * tx * groups <= 65536
         for f, v in pin.items():
-            assert {"threads_x": tx, "vec": vec, "groups": groups, "rows_per_block": rows}[f] == v
+            assert {"threads_x": tx, "vec": vec, "groups": groups, "rows_per_block": rows,
+                    "prefetch": depth}[f] == v
         # the planner accepts every candidate as explicit options
-        assert choose_parameters(m, k, 0, tune.as_options(opts, (tx, vec, groups, rows))) == (
-            tx, vec, groups, rows)
+        cand = tune.as_options(opts, (tx, vec, groups, rows, depth))
+        assert choose_parameters(m, k, 0, cand) == (tx, vec, groups, rows)
+        assert choose_prefetch(vec, cand) == depth
 
 
 def test_violates_names_the_limit():
-    assert "threads" in tune.violates((256, 1, 8, 1), m=64, k=64, n=256)
-    assert "accumulators" in tune.violates((32, 4, 1, 64), m=64, k=64, n=256)
-    assert "shared memory" in tune.violates((128, 4, 8, 4), m=64, k=64, n=512)
-    assert "divide" in tune.violates((32, 4, 1, 1), m=64, k=64, n=30)
-    assert tune.violates((32, 2, 2, 8), m=64, k=64, n=256) is None
+    assert "threads" in tune.violates((256, 1, 8, 1, 16), m=64, k=64, n=256)
+    assert "accumulators" in tune.violates((32, 4, 1, 64, 4), m=64, k=64, n=256)
+    assert "shared memory" in tune.violates((128, 4, 8, 4, 4), m=64, k=64, n=512)
+    assert "divide" in tune.violates((32, 4, 1, 1, 4), m=64, k=64, n=30)
+    assert tune.violates((32, 2, 2, 8, 8), m=64, k=64, n=256) is None
+    assert "in flight" in tune.violates((32, 4, 1, 8, 16), m=64, k=64, n=256)
 
 
 def test_default_schedule_is_in_the_space():
@@ -107,7 +111,7 @@ def test_default_schedule_is_in_the_space():
 def test_search_finds_the_optimum_of_a_bowl_within_budget():
     opts = KernelOptions(n=784, arch=ARCH)
     space = tune.search_space(512, 128, opts)
-    optimum = (64, 2, 2, 8)
+    optimum = (64, 2, 2, 8, 8)
     assert optimum in space
     fake = FakeTimer(optimum)
     seen = []
@@ -117,14 +121,14 @@ def test_search_finds_the_optimum_of_a_bowl_within_budget():
         return tune.Trial(p, "ok", time_us=fake.cost(p))
 
     budget = 60
-    trials = tune.search(space, evaluate, start=(32, 4, 1, 16), budget=budget)
+    trials = tune.search(space, evaluate, start=(32, 4, 1, 16, 4), budget=budget)
     assert len(trials) <= budget < len(space)
     assert len(set(seen)) == len(seen), "no candidate is compiled twice"
     assert all(p in space for p in seen)
-    assert trials[0].params == (32, 4, 1, 16), "the default is measured first"
+    assert trials[0].params == (32, 4, 1, 16, 4), "the default is measured first"
     assert min(trials, key=lambda t: t.time_us).params == optimum
     # deterministic
-    assert [t.params for t in tune.search(space, evaluate, start=(32, 4, 1, 16), budget=budget)] == [
+    assert [t.params for t in tune.search(space, evaluate, start=(32, 4, 1, 16, 4), budget=budget)] == [
         t.params for t in trials]
 
 
@@ -135,9 +139,9 @@ def test_search_skips_failing_candidates_and_stops_at_the_budget():
     def evaluate(p):
         if p in bad:
             return tune.Trial(p, "wrong", max_rel_err=1.0)
-        return tune.Trial(p, "ok", time_us=FakeTimer((8, 4, 1, 2)).cost(p))
+        return tune.Trial(p, "ok", time_us=FakeTimer((8, 4, 1, 2, 4)).cost(p))
 
-    trials = tune.search(space, evaluate, start=(32, 4, 1, 8), budget=5)
+    trials = tune.search(space, evaluate, start=(32, 4, 1, 8, 4), budget=5)
     assert len(trials) == 5
     best = min((t for t in trials if t.ok), key=lambda t: t.time_us)
     assert best.params not in bad
@@ -147,7 +151,7 @@ def test_search_skips_failing_candidates_and_stops_at_the_budget():
 def test_tune_persists_and_is_reused_without_timing(store_dir):
     w = _weight()
     opts = KernelOptions(n=32, arch=ARCH)
-    fake = FakeTimer((8, 2, 1, 4))
+    fake = FakeTimer((8, 2, 1, 4, 8))
     steps = []
     best = tune.tuned_options(w, opts, timer=fake, verify=ok_verify, budget=6,
                               progress=lambda i, total, step: steps.append((i, total, step)))
@@ -182,8 +186,8 @@ def test_key_separates_n_arch_relu_bias_and_pins(store_dir):
                      (KernelOptions(n=32, arch=ARCH, vec=2), False)]
     }
     assert len(keys) == 6
-    tune.tuned_options(w, base, timer=FakeTimer((8, 1, 1, 4)), verify=ok_verify, budget=2)
-    fake = FakeTimer((8, 1, 1, 4))
+    tune.tuned_options(w, base, timer=FakeTimer((8, 1, 1, 4, 16)), verify=ok_verify, budget=2)
+    fake = FakeTimer((8, 1, 1, 4, 16))
     tune.tuned_options(w, KernelOptions(n=32, arch=ARCH, relu=True), timer=fake, verify=ok_verify,
                        budget=2)
     assert fake.calls > 0, "a different epilogue is tuned anew"
@@ -205,7 +209,7 @@ def test_corrupt_tune_file_is_ignored_and_replaced(store_dir, garbage):
         garbage = json.dumps({"format": 1, "key": key, "best": json.loads(garbage[4:])})
     path.write_text(garbage)
     assert tune.load_stored(key, opts) is None
-    fake = FakeTimer((8, 1, 1, 2))
+    fake = FakeTimer((8, 1, 1, 2, 16))
     best = tune.tuned_options(w, opts, timer=fake, verify=ok_verify, budget=3)
     assert fake.calls > 0
     assert tune.load_stored(key, opts)[0] == best
@@ -214,7 +218,7 @@ def test_corrupt_tune_file_is_ignored_and_replaced(store_dir, garbage):
 def test_wrong_candidates_are_never_chosen(store_dir):
     w = _weight(seed=5)
     opts = KernelOptions(n=32, arch=ARCH)
-    fake = FakeTimer((8, 1, 1, 1))
+    fake = FakeTimer((8, 1, 1, 1, 16))
 
     def verify(kernel, ref):  # pretend the fastest candidates compute garbage
         return 1.0 if kernel.schedule.rows_per_block <= 2 else 0.0
@@ -229,7 +233,7 @@ def test_wrong_candidates_are_never_chosen(store_dir):
 def test_pinned_fields_are_kept(store_dir):
     w = _weight(seed=7)
     opts = KernelOptions(n=32, arch=ARCH, vec=2, groups=1)
-    best = tune.tuned_options(w, opts, timer=FakeTimer((8, 4, 2, 2)), verify=ok_verify, budget=4)
+    best = tune.tuned_options(w, opts, timer=FakeTimer((8, 4, 2, 2, 4)), verify=ok_verify, budget=4)
     assert best.vec == 2 and best.groups == 1
 
 
@@ -250,7 +254,7 @@ def test_cli_tune_reuses_the_store_and_reports_no_gpu(store_dir, monkeypatch, tm
     assert "tuning needs a GPU" in capsys.readouterr().err
 
     best = tune.tuned_options(load_weight(path), KernelOptions(n=32, arch=ARCH),
-                              timer=FakeTimer((16, 1, 1, 4)), verify=ok_verify, budget=3)
+                              timer=FakeTimer((16, 1, 1, 4, 16)), verify=ok_verify, budget=3)
     assert main(["tune", str(path), "--n", "32", "--arch", ARCH]) == 0
     out = capsys.readouterr()
     assert "stored tuning reused" in out.err
