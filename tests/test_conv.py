@@ -39,7 +39,7 @@ def _filter(c_out, c_in_g, kh, kw, density=0.3, seed=0):
     return w * (rng.random(w.shape) < density)
 
 
-def _run_and_compare(conv: ConvKernel, w_oihw, *, bias=None, residual=False, seed=1):
+def _run_and_check(conv: ConvKernel, w_oihw, *, bias=None, residual=False, seed=1):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(conv.input_shape).astype(np.float32)
     r = rng.standard_normal(conv.output_shape).astype(np.float32) if residual else None
@@ -233,7 +233,7 @@ def test_host_matches_float64_reference(case):
     conv = compile_conv2d(wt, (h, w), stride=s, padding=p, dilation=d, groups=g, batch=nb)
     assert conv.schedule.nnz == np.count_nonzero(wt)
     assert (conv.schedule.conv is None) == (k == 1 and s == 1 and p == 0)
-    _run_and_compare(conv, wt)
+    _run_and_check(conv, wt)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -250,7 +250,7 @@ def test_host_random_geometry(seed):
     wt = _filter(c_out, c_in // g, kh, kw, density=float(rng.uniform(0.05, 0.6)), seed=seed)
     conv = compile_conv2d(wt, (h, w), stride=stride, padding=padding, dilation=dilation, groups=g,
                           batch=int(rng.integers(1, 4)), thread_groups=int(rng.integers(1, 3)))
-    _run_and_compare(conv, wt, seed=seed)
+    _run_and_check(conv, wt, seed=seed)
 
 
 @pytest.mark.parametrize("k,vec", [(3, None), (1, None), (1, 2)])
@@ -261,7 +261,7 @@ def test_fused_bias_relu_residual(k, vec):
                           vec=vec)
     if k == 1:
         assert conv.schedule.vec == (vec or 1) and conv.schedule.conv is None  # contiguous: vector loads over the image
-    got, _ = _run_and_compare(conv, wt, bias=bias, residual=True)
+    got, _ = _run_and_check(conv, wt, bias=bias, residual=True)
     assert (got == 0).any() and (got >= 0).all()  # the ReLU clipped something
     with pytest.raises(InputError, match="residual"):
         conv.run_host(np.zeros(conv.input_shape, np.float32))
@@ -272,7 +272,7 @@ def test_split_k_and_slabs_on_the_conv_path():
     conv = compile_conv2d(wt, (9, 11), padding=1, batch=2, thread_groups=3, rows_per_block=5,
                           threads_x=16, max_slab_nnz=60, bias=np.ones(24, np.float32))
     assert conv.schedule.groups == 3 and len(conv.units) > 1
-    _run_and_compare(conv, wt, bias=np.ones(24, np.float32))
+    _run_and_check(conv, wt, bias=np.ones(24, np.float32))
 
 
 def test_one_ffma_immediate_per_nonzero_with_padding():
@@ -299,14 +299,14 @@ def test_dlmc_resnet50_3x3_layer(shared):
     path = shared / DLMC / "0.95" / "bottleneck_2_block_group1_1_1.smtx"
     conv = compile_conv2d(path, (56, 56), padding=1, kernel_size=3, batch=2, relu=True)
     assert (conv.spec.c_in, conv.spec.c_out, conv.n) == (64, 64, 3136)
-    _run_and_compare(conv, conv.oihw())
+    _run_and_check(conv, conv.oihw())
 
 
 def test_dlmc_resnet50_stem_7x7_stride2(shared):
     path = shared / DLMC / "0.9" / "initial_conv.smtx"  # 64 x 147 = 3 channels x 7x7
     conv = compile_conv2d(path, (33, 29), stride=2, padding=3, kernel_size=7, batch=1)
     assert conv.spec.output_shape == (1, 64, 17, 15)
-    _run_and_compare(conv, conv.oihw())
+    _run_and_check(conv, conv.oihw())
 
 
 @pytest.mark.slow
@@ -319,7 +319,7 @@ def test_dlmc_resnet50_stem_7x7_stride2(shared):
 def test_dlmc_resnet50_3x3_layers_slow(shared, name, hw, stride):
     conv = compile_conv2d(shared / DLMC / "0.95" / f"{name}.smtx", hw, stride=stride, padding=1,
                           kernel_size=3, batch=1)
-    _run_and_compare(conv, conv.oihw())
+    _run_and_check(conv, conv.oihw())
 
 
 # --------------------------------------------------------------------------- CLI hooks

@@ -28,7 +28,7 @@ DENSE = np.array([[0.0, 1.5, 0.0, -2.0],
                   [3.25, 0.0, -0.0, 4.0]], dtype=np.float32)
 
 
-def _same_csr(w: Weight, dense: np.ndarray) -> None:
+def _assert_same_csr(w: Weight, dense: np.ndarray) -> None:
     m = w.matrix
     assert isinstance(m, scipy.sparse.csr_matrix) and m.dtype == np.float32
     assert m.has_canonical_format and m.has_sorted_indices
@@ -52,14 +52,14 @@ def _write_smtx(path: Path, m: int, k: int, offsets, cols) -> Path:
 
 def test_in_memory_dense_and_sparse(tmp_path):
     w = load_weight(DENSE)
-    _same_csr(w, DENSE)
+    _assert_same_csr(w, DENSE)
     assert (w.name, w.source) == ("weight", "<numpy array>")
     assert w.sparsity == pytest.approx(1 - 4 / 12)
     for fmt in ("csr", "csc", "coo", "lil", "dok", "bsr"):
         ws = load_weight(scipy.sparse.csr_matrix(DENSE).asformat(fmt))
-        _same_csr(ws, DENSE)
+        _assert_same_csr(ws, DENSE)
         assert ws.source == "<scipy.sparse>" and ws.digest() == w.digest()
-    _same_csr(load_weight(scipy.sparse.csr_array(DENSE)), DENSE)
+    _assert_same_csr(load_weight(scipy.sparse.csr_array(DENSE)), DENSE)
 
 
 def test_file_formats_round_trip(tmp_path):
@@ -74,7 +74,7 @@ def test_file_formats_round_trip(tmp_path):
         np.savez(fh, w=DENSE)
     for name in ("a.npy", "b.npz", "c.npz", "c2.npz", "d.mtx", "e.mtx", "f.NPZ"):
         w = load_weight(tmp_path / name)
-        _same_csr(w, DENSE)
+        _assert_same_csr(w, DENSE)
         assert w.digest() == want, name
         assert w.source == str(tmp_path / name) and w.name == Path(name).stem
 
@@ -84,11 +84,11 @@ def test_safetensors_round_trip(tmp_path):
     st.save_file({"layer.0/weight": DENSE, "bias": np.ones(4, np.float32),
                   "half": DENSE.astype(np.float16)}, tmp_path / "m.safetensors")
     w = load_weight(tmp_path / "m.safetensors", tensor="layer.0/weight")
-    _same_csr(w, DENSE)
+    _assert_same_csr(w, DENSE)
     assert w.name == "m_layer_0_weight"
-    _same_csr(load_weight(tmp_path / "m.safetensors", tensor="half"), DENSE)
+    _assert_same_csr(load_weight(tmp_path / "m.safetensors", tensor="half"), DENSE)
     st.save_file({"only": DENSE}, tmp_path / "one.safetensors")
-    _same_csr(load_weight(tmp_path / "one.safetensors"), DENSE)
+    _assert_same_csr(load_weight(tmp_path / "one.safetensors"), DENSE)
     assert load_array(tmp_path / "m.safetensors", tensor="bias").shape == (4,)
 
 
@@ -100,7 +100,7 @@ def test_safetensors_bf16(tmp_path):
                                "data_offsets": [0, bits.nbytes]}}).encode()
     path = tmp_path / "bf.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header + bits.tobytes())
-    _same_csr(load_weight(path), DENSE)
+    _assert_same_csr(load_weight(path), DENSE)
 
 
 def test_mtx_pattern_matches_smtx(tmp_path):
@@ -113,7 +113,7 @@ def test_mtx_pattern_matches_smtx(tmp_path):
     expected = np.random.default_rng(5).standard_normal(4).astype(np.float32)
     np.testing.assert_array_equal(b.matrix.data, expected)
     ones = load_weight(tmp_path / "p.mtx", values="ones")
-    _same_csr(ones, pattern.toarray().astype(np.float32))
+    _assert_same_csr(ones, pattern.toarray().astype(np.float32))
 
 
 def test_smtx_values_seed_and_ones(tmp_path):
@@ -327,7 +327,7 @@ def test_tensor_selection_errors(tmp_path):
     np.savez(tmp_path / "many.npz", w1=DENSE, w2=DENSE)
     with pytest.raises(WeightError, match=r"many\.npz: .*2 tensors.*tensor=.*'w1', 'w2'"):
         load_weight(tmp_path / "many.npz")
-    _same_csr(load_weight(tmp_path / "many.npz", tensor="w2"), DENSE)
+    _assert_same_csr(load_weight(tmp_path / "many.npz", tensor="w2"), DENSE)
     assert load_weight(tmp_path / "many.npz", tensor="w2").name == "many_w2"
     with pytest.raises(WeightError, match=r"many\.npz: no tensor named 'w3'; available: 'w1', 'w2'"):
         load_weight(tmp_path / "many.npz", tensor="w3")
