@@ -96,7 +96,6 @@ def run_case(case: dict, *, backend: str, arch: str, jobs: int | None, max_slab_
     from sparsert.config import settings
     from sparsert.options import KernelOptions
     from sparsert.plan import plan
-    from sparsert.render import render
 
     w = make_weight(case)
     opts = KernelOptions(n=case["n"], arch=arch, max_slab_nnz=max_slab_nnz)
@@ -107,7 +106,7 @@ def run_case(case: dict, *, backend: str, arch: str, jobs: int | None, max_slab_
         t1 = time.perf_counter()
         # what sparsert.compile does: the CUDA source only where the backend compiles it (NVRTC);
         # the PTX backend renders its PTX inside compile_units (ptx_render_s)
-        units = render(s, "cuda") if backend == "nvrtc" else units_for(s, "cuda")[0]
+        units = units_for(s, "cuda", backend)[0]
         t2 = time.perf_counter()
         all_units = units
         if sample_slabs and sample_slabs < len(units):  # evenly spread sample of the slabs

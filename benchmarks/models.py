@@ -396,12 +396,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     if args.compile_only:
-        machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
-        try:
-            with open("/proc/cpuinfo") as f:
-                machine["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
+        from benchmarks.compile_time import machine as describe_machine
+
+        machine = describe_machine()
         records = [compile_one(name, sparsity, batch, args) for name in args.models
                    for sparsity in args.sparsities for batch in args.batches]
         result = {"machine": machine, "versions": versions(), "smoke": args.smoke,

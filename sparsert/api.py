@@ -28,10 +28,11 @@ def resolve_arch(target: str, arch: str | None) -> str:
     return settings().hip_arch
 
 
-def units_for(schedule, target: str):
+def units_for(schedule, target: str, backend: str | None = None):
     """(units, backend): the PTX backend builds from the schedule itself, so its units carry no
-    source (the CUDA source is rendered only if asked for); NVRTC and hipcc compile the source."""
-    backend = resolve_backend(target, None, schedule=schedule)
+    source (the CUDA source is rendered only if asked for); NVRTC and hipcc compile the source.
+    `backend`: as compile_units' (None: SPARSERT_BACKEND)."""
+    backend = resolve_backend(target, backend, schedule=schedule)
     units = launch_units(schedule) if backend == "ptx" else render(schedule, target)
     return units, backend
 

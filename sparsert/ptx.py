@@ -154,13 +154,11 @@ class _Emitter:
         taps = g.kh * g.kw
         c, t = divmod(k, taps)
         ky, kx = divmod(t, g.kw)
-        offset = c * g.h * g.w + ky * g.dilation[0] * g.w + kx * g.dilation[1]
-        addr = self._addr("%rd1", 4 * offset, out)
         reg = self.bregs[buffer]
-        flag = self.tap_flag[t]
-        if flag is None:
-            out.append(f"\tld.global.nc.f32 \t{reg}, {addr};\n")
-        else:
+        if self.tap_flag[t] is None:
+            offset = c * g.h * g.w + ky * g.dilation[0] * g.w + kx * g.dilation[1]
+            out.append(f"\tld.global.nc.f32 \t{reg}, {self._addr('%rd1', 4 * offset, out)};\n")
+        else:  # %rdt<t> already points at the tap's (clamped) pixel of channel 0
             addr = self._addr(f"%rdt{t}", 4 * c * g.h * g.w, out)
             out.append(f"\tld.global.nc.f32 \t{reg}, {addr};\n\tand.b32 \t{reg}, {reg}, %m{t};\n")
 
