@@ -44,7 +44,7 @@ VARIANTS = (  # name, schedule options, ptxas options
 
 def probe(case: dict, opts: dict, ptxas: tuple[str, ...], arch: str) -> dict:
     from sparsert.compiler import UnitBuild
-    from sparsert.config import settings
+    from sparsert.config import slab_budget
     from sparsert.options import KernelOptions
     from sparsert.plan import plan
     from sparsert.render import render
@@ -52,7 +52,7 @@ def probe(case: dict, opts: dict, ptxas: tuple[str, ...], arch: str) -> dict:
 
     w = make_weight(case)
     s = plan(w.matrix, KernelOptions(n=case["n"], **opts), weight_digest=w.digest(),
-             max_slab_nnz=settings().max_slab_nnz)
+             max_slab_nnz=slab_budget("ptx"))
     t0 = time.perf_counter()
     arts = [UnitBuild(u, target="cuda", arch=arch, cache=None, backend="ptx", schedule=s,
                       options=ptxas).build() for u in render(s)]

@@ -91,38 +91,37 @@ def _cpu_seconds() -> float:
 
 def run_case(case: dict, *, backend: str, arch: str, jobs: int | None, max_slab_nnz: int | None,
              check: bool, sample_slabs: int | None = None) -> dict:
-    from sparsert.api import units_for
-    from sparsert.compiler import compile_units, resolve_backend
-    from sparsert.config import settings
+    from sparsert.api import plan_for, units_for
+    from sparsert.compiler import compile_units
+    from sparsert.config import settings, slab_budget
     from sparsert.options import KernelOptions
-    from sparsert.plan import plan
 
     w = make_weight(case)
     opts = KernelOptions(n=case["n"], arch=arch, max_slab_nnz=max_slab_nnz)
     with tempfile.TemporaryDirectory(prefix="sparsert-bench-cache-") as cache:
         os.environ["SPARSERT_CACHE_DIR"] = cache  # cold: an empty cache of its own
         t0 = time.perf_counter()
-        s = plan(w.matrix, opts, weight_digest=w.digest(), max_slab_nnz=settings().max_slab_nnz)
+        s, kind = plan_for(w.matrix, opts, backend=backend, weight_digest=w.digest())
         t1 = time.perf_counter()
         # what sparsert.compile does: the CUDA source only where the backend compiles it (NVRTC);
         # the PTX backend renders its PTX inside compile_units (ptx_render_s)
-        units = units_for(s, "cuda", backend)[0]
+        units = units_for(s, "cuda", kind)[0]
         t2 = time.perf_counter()
         all_units = units
         if sample_slabs and sample_slabs < len(units):  # evenly spread sample of the slabs
             step = len(units) / sample_slabs
             units = tuple(units[int(i * step)] for i in range(sample_slabs))
         cpu0 = _cpu_seconds()
-        arts = compile_units(units, target="cuda", arch=arch, jobs=jobs, schedule=s, backend=backend)
+        arts = compile_units(units, target="cuda", arch=arch, jobs=jobs, schedule=s, backend=kind)
         t3 = time.perf_counter()
         cpu1 = _cpu_seconds()
-        warm = compile_units(units, target="cuda", arch=arch, jobs=jobs, schedule=s, backend=backend)
+        warm = compile_units(units, target="cuda", arch=arch, jobs=jobs, schedule=s, backend=kind)
         t4 = time.perf_counter()
     rec = {
-        "backend": resolve_backend("cuda", backend, schedule=s), "nnz": s.nnz, "m": s.m, "k": s.k,
+        "backend": kind, "nnz": s.nnz, "m": s.m, "k": s.k,
         "n": s.n, "vec": s.vec, "groups": s.groups, "rows_per_block": s.rows_per_block,
         "threads_x": s.threads_x, "blocks": len(s.blocks), "slabs": len(all_units),
-        "max_slab_nnz": max_slab_nnz or settings().max_slab_nnz, "jobs": jobs or settings().jobs,
+        "max_slab_nnz": max_slab_nnz or slab_budget(kind), "jobs": jobs or settings().jobs,
         "plan_s": t1 - t0, "render_s": t2 - t1,
         "ptx_render_s": sum(a.info.get("render_seconds", 0.0) for a in arts),  # inside compile_s
         "compile_s": t3 - t2, "compiler_cpu_s": sum(a.info.get("compile_seconds", 0.0) for a in arts),
@@ -134,6 +133,9 @@ def run_case(case: dict, *, backend: str, arch: str, jobs: int | None, max_slab_
         "ptx_bytes": sum(a.info.get("ptx_bytes", 0) for a in arts),
         "cubin_bytes": sum(len(a.binary) for a in arts),
         "registers": max((a.info.get("registers") or 0) for a in arts),
+        # PTX backend: ptxas threads per slab, and assemblies (more than one per slab: a cap raised)
+        "ptxas_threads": max((a.info.get("ptxas_threads") or 1) for a in arts),
+        "ptxas_runs": sum(len(a.info.get("register_caps") or [1]) for a in arts),
         "spill_bytes": sum((a.info.get("spill_stores") or 0) + (a.info.get("spill_loads") or 0) for a in arts),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_child_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,

@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from .compiler import Progress, compile_units, resolve_backend
-from .config import settings
+from .compiler import Progress, compile_units, preferred_backend, resolve_backend
+from .config import settings, slab_budget
 from .errors import OptionsError
 from .kernel import SparseKernel, make_stats
 from .options import KernelOptions
@@ -26,6 +26,18 @@ def resolve_arch(target: str, arch: str | None) -> str:
 
         return device_arch() or settings().default_arch
     return settings().hip_arch
+
+
+def plan_for(matrix, options: KernelOptions, *, backend: str | None = None, **kwargs):
+    """(schedule, backend): plan() with the slab budget of the backend that will build it
+    (config.slab_budget; options.max_slab_nnz wins). `backend`: as compile_units'. Plans again
+    only where the backend expected up front (ptxas installed) cannot take the schedule."""
+    guess = preferred_backend(options.target, backend)
+    schedule = plan(matrix, options, max_slab_nnz=slab_budget(guess), **kwargs)
+    kind = resolve_backend(options.target, backend, schedule=schedule)
+    if kind != guess and slab_budget(kind) != slab_budget(guess):
+        schedule = plan(matrix, options, max_slab_nnz=slab_budget(kind), **kwargs)
+    return schedule, kind
 
 
 def units_for(schedule, target: str, backend: str | None = None):
@@ -97,10 +109,9 @@ def compile(
     bias_arr = load_bias(bias, w.shape[0])
 
     t0 = time.perf_counter()
-    schedule = plan(w.matrix, options, bias=bias_arr, weight_digest=w.digest(),
-                    max_slab_nnz=settings().max_slab_nnz)
+    schedule, backend = plan_for(w.matrix, options, bias=bias_arr, weight_digest=w.digest())
     t1 = time.perf_counter()
-    units, backend = units_for(schedule, options.target)
+    units, backend = units_for(schedule, options.target, backend)
     t2 = time.perf_counter()
     artifacts = compile_units(units, target=options.target, arch=arch_, use_cache=use_cache,
                               jobs=jobs, progress=progress, schedule=schedule, backend=backend)

@@ -69,8 +69,9 @@ def _weight_arguments(p: argparse.ArgumentParser, *, n_required: bool = True, ma
     p.add_argument("--groups", type=_positive_int, help="Gy: thread groups splitting K")
     p.add_argument("--rows-per-block", type=_positive_int)
     p.add_argument("--max-slab-nnz", type=_positive_int,
-                   help="split kernels above this many FFMAs (nonzeros x vec) into slabs compiled "
-                        "in parallel (default $SPARSERT_MAX_SLAB_NNZ or 16384)")
+                   help="split kernels above this many FFMAs (nonzeros x vec) into slabs, one launch "
+                        "each (default $SPARSERT_MAX_SLAB_NNZ, else 262144 for the PTX backend, "
+                        "16384 for NVRTC and HIP)")
     p.add_argument("--prefetch", type=_positive_int,
                    help="rows of B each thread loads ahead of use (default 16 / vec)")
     p.add_argument("--jobs", type=_positive_int, help="parallel compiler jobs (default: all cores)")

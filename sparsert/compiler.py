@@ -2,8 +2,9 @@
 
 Three ways to build a unit (one slab):
 
-* 'ptx' (CUDA, default where ptxas is installed): ptx.render_ptx writes the slab as PTX and the
-  ptxas executable assembles it. No NVVM: about half of NVRTC's time goes there. Its cache key is
+* 'ptx' (CUDA, default where ptxas is installed): ptx.render_ptx writes the slab as PTX (one
+  function per thread block) and the ptxas executable assembles it, its functions on parallel
+  threads (--split-compile). No NVVM: about half of NVRTC's time goes there. Its cache key is
   the schedule's digest + slab index + the emitter's own hash, so a warm cache renders nothing.
 * 'nvrtc' (CUDA): the CUDA C++ unit through NVRTC (NVVM + ptxas in-process).
 * 'hipcc' (HIP): the HIP unit through hipcc.
@@ -11,7 +12,8 @@ Three ways to build a unit (one slab):
 Slabs build in parallel in a thread pool of `jobs` workers (SPARSERT_JOBS, default: the cores).
 ptxas and hipcc are subprocesses, so threads run them truly in parallel without pickling slabs
 across processes; NVRTC runs through ctypes with the GIL released, though it serialises partly
-inside (measured 1.4x with 2 threads; benchmarks/COMPILE_TIME.md).
+inside (measured 1.4x with 2 threads; benchmarks/COMPILE_TIME.md). Each ptxas run also gets
+jobs // (slabs built at once) threads: all `jobs` for a kernel of one slab.
 """
 
 from __future__ import annotations
@@ -57,6 +59,19 @@ def compiler_version(target: str, backend: str = "nvrtc") -> str:
     return "nvrtc %d.%d" % nvrtc_version()
 
 
+def preferred_backend(target: str, backend: str | None = None) -> str:
+    """The backend resolve_backend() will pick if the PTX emitter can render the schedule, known
+    before planning (the slab budget depends on it)."""
+    if target != "cuda":
+        return "hipcc"
+    choice = backend or settings().backend
+    if choice == "auto":
+        from .ptxas import find_ptxas
+
+        return "ptx" if find_ptxas() is not None else "nvrtc"
+    return choice if choice in BACKENDS else "nvrtc"  # resolve_backend rejects anything else
+
+
 def resolve_backend(target: str, backend: str | None = None, *, schedule: Schedule | None = None) -> str:
     """The build path for `target`: 'hipcc' for HIP; for CUDA the requested backend, else
     SPARSERT_BACKEND; 'auto' picks 'ptx' when ptxas is installed and the PTX emitter can render
@@ -85,8 +100,9 @@ class UnitBuild:
 
     def __init__(self, unit: Unit, *, target: str, arch: str, cache: KernelCache | None,
                  backend: str = "nvrtc", schedule: Schedule | None = None,
-                 options: Sequence[str] | None = None):
+                 options: Sequence[str] | None = None, threads: int = 1):
         self.unit = unit
+        self.threads = threads  # ptxas --split-compile: changes the time, not the code (not keyed)
         self.target = target
         self.arch = arch
         self.cache = cache
@@ -122,15 +138,30 @@ class UnitBuild:
 
     def build(self) -> Artifact:
         if self.backend == "ptx":
-            from .ptx import render_ptx
+            from .ptx import register_cap, render_ptx
             from .ptxas import assemble
 
-            t0 = time.perf_counter()
-            ptx_unit = render_ptx(self.schedule, self.arch, slabs=(self.unit.index,))[0]
-            rendered = time.perf_counter() - t0
-            r = assemble(ptx_unit.source, arch=self.arch, name=f"{self.unit.kernel_name}.ptx",
-                         options=self.options)
-            info = self._info(r, "ptx") | {"render_seconds": rendered, "ptx_bytes": len(ptx_unit.source)}
+            s, rendered, assembled, caps = self.schedule, 0.0, 0.0, []
+            threads = ("--split-compile", str(self.threads)) if self.threads > 1 else ()
+            # The register cap is an estimate. Where ptxas spills under it, assemble again with the
+            # cap one occupancy step higher, then with none (255): a kernel never spills for want
+            # of registers it could have had.
+            for at_least in (0, register_cap(s) + 1, 255):
+                cap = register_cap(s, at_least=at_least)
+                if caps and cap <= caps[-1]:
+                    break
+                t0 = time.perf_counter()
+                ptx_unit = render_ptx(s, self.arch, slabs=(self.unit.index,), at_least=at_least)[0]
+                rendered += time.perf_counter() - t0
+                r = assemble(ptx_unit.source, arch=self.arch, name=f"{self.unit.kernel_name}.ptx",
+                             options=self.options + threads)
+                assembled += r.seconds
+                caps.append(cap)
+                if not (r.spill_stores or r.spill_loads):
+                    break
+            info = self._info(r, "ptx") | {"compile_seconds": assembled, "render_seconds": rendered,
+                                           "ptx_bytes": len(ptx_unit.source), "register_caps": caps,
+                                           "ptxas_threads": self.threads}
             return Artifact(binary=r.cubin, info=info)
         if self.backend == "nvrtc":
             from .nvrtc import compile_cuda
@@ -193,7 +224,10 @@ def compile_units(units: Sequence[Unit], *, target: str, arch: str, use_cache: b
         done += 1
         if progress:
             progress(done, len(builds), results[i])
-    jobs = max(1, min(jobs or s.jobs, len(todo) or 1))
+    cores = max(1, jobs or s.jobs)
+    jobs = max(1, min(cores, len(todo) or 1))
+    for i in todo:  # ptxas assembles a slab's functions on threads: the cores no other slab uses
+        builds[i].threads = max(1, cores // jobs)
     if jobs == 1:
         for i in todo:
             results[i] = builds[i].load()

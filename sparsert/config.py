@@ -13,14 +13,17 @@ from .errors import OptionsError
 
 DEFAULT_ARCH = "sm_90"  # used when no GPU is present and no --arch is given (H100/H200)
 DEFAULT_HIP_ARCH = "gfx90a"
-# FFMAs (nonzeros x vec) per compiled slab. ptxas time grows faster than linearly with the size
-# of one kernel function (benchmarks/COMPILE_TIME.md), so big weights are cut into slabs that
-# assemble in parallel; each slab is one launch (slabs run side by side on forked streams).
+# FFMAs (nonzeros x vec) per slab, one launched kernel (several run side by side on forked
+# streams). NVRTC (and hipcc) compile a slab as one function, and their time grows faster than
+# linearly with its size, so their slabs are small. The PTX backend writes each thread block as a
+# function of its own and ptxas assembles them on parallel threads, so one slab can be large: one
+# launch for every layer of ResNet-50 at 90%, with bounded ptxas memory (benchmarks/COMPILE_TIME.md).
 DEFAULT_MAX_SLAB_NNZ = 16384
+DEFAULT_PTX_MAX_SLAB_NNZ = 262144
 BACKENDS = ("auto", "ptx", "nvrtc")
 
 
-def _int(name: str, default: int, minimum: int = 1) -> int:
+def _int(name: str, default: int | None, minimum: int = 1) -> int | None:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -63,8 +66,9 @@ class Settings:
     """SPARSERT_HIP_ARCH: AMD target for HIP code objects (default gfx90a)."""
     jobs: int
     """SPARSERT_JOBS: parallel compiler processes (default: the machine's cores)."""
-    max_slab_nnz: int
-    """SPARSERT_MAX_SLAB_NNZ: FFMAs (nonzeros x vec) per compiled slab above which a kernel is split."""
+    max_slab_nnz: int | None
+    """SPARSERT_MAX_SLAB_NNZ: FFMAs (nonzeros x vec) per slab (one launched kernel) above which a
+    kernel is split; None (unset): the backend's default, see slab_budget()."""
     backend: str
     """SPARSERT_BACKEND: CUDA code path, 'ptx' (PTX emitter + ptxas), 'nvrtc' (CUDA C++ through
     NVRTC) or 'auto' (default: ptx where ptxas is installed, else nvrtc)."""
@@ -84,8 +88,13 @@ def settings() -> Settings:
         default_arch=os.environ.get("SPARSERT_ARCH") or DEFAULT_ARCH,
         hip_arch=os.environ.get("SPARSERT_HIP_ARCH") or DEFAULT_HIP_ARCH,
         jobs=_int("SPARSERT_JOBS", os.cpu_count() or 1),
-        max_slab_nnz=_int("SPARSERT_MAX_SLAB_NNZ", DEFAULT_MAX_SLAB_NNZ),
+        max_slab_nnz=_int("SPARSERT_MAX_SLAB_NNZ", None),
         backend=_choice("SPARSERT_BACKEND", "auto", BACKENDS),
         hipcc=os.environ.get("SPARSERT_HIPCC") or "hipcc",
         cxx=os.environ.get("SPARSERT_CXX") or "g++",
     )
+
+
+def slab_budget(backend: str) -> int:
+    """FFMAs per slab for `backend` ('ptx', 'nvrtc', 'hipcc'): SPARSERT_MAX_SLAB_NNZ, else its default."""
+    return settings().max_slab_nnz or (DEFAULT_PTX_MAX_SLAB_NNZ if backend == "ptx" else DEFAULT_MAX_SLAB_NNZ)

@@ -25,13 +25,12 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse
 
-from .api import load_bias, resolve_arch, units_for
+from .api import load_bias, plan_for, resolve_arch, units_for
 from .compiler import Progress, compile_units
-from .config import settings
 from .errors import InputError, OptionsError, WeightError
 from .kernel import SparseKernel, make_stats
 from .options import KernelOptions
-from .plan import ConvGeometry, plan
+from .plan import ConvGeometry
 from .weights import Weight, check_finite, load_array, load_weight
 
 LAYOUTS = ("oihw", "im2col")
@@ -389,16 +388,15 @@ def compile_conv2d(
     bias_arr = load_bias(bias, spec.c_out)
 
     t0 = time.perf_counter()
-    schedule = plan(
-        wt.matrix, options, bias=bias_arr, weight_digest=wt.digest(),
-        max_slab_nnz=settings().max_slab_nnz, batch=spec.batch,
+    schedule, backend = plan_for(
+        wt.matrix, options, bias=bias_arr, weight_digest=wt.digest(), batch=spec.batch,
         batch_stride_b=spec.c_in * h * w_, batch_stride_c=spec.c_out * n,
         extra=(("conv2d", spec.describe()),),
         conv=None if spec.contiguous else spec.geometry(),
     )
     t1 = time.perf_counter()
     # the PTX emitter (virtual im2col included) where ptxas is installed, else NVRTC
-    units, backend = units_for(schedule, target)
+    units, backend = units_for(schedule, target, backend)
     t2 = time.perf_counter()
     artifacts = compile_units(units, target=target, arch=arch_, use_cache=use_cache, jobs=jobs,
                               progress=progress, schedule=schedule, backend=backend)

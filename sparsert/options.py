@@ -35,8 +35,8 @@ class KernelOptions:
     rows_per_block: int | None = None
     """Rows of A (outputs) per block; each thread keeps rows_per_block * vec accumulators."""
     max_slab_nnz: int | None = None
-    """Slab budget: nonzeros x vec (FFMAs) per compiled unit above which the kernel is split into
-    slabs (None: SPARSERT_MAX_SLAB_NNZ)."""
+    """Slab budget: nonzeros x vec (FFMAs) per slab (one launched kernel) above which the kernel is
+    split (None: SPARSERT_MAX_SLAB_NNZ, else the backend's default, config.slab_budget)."""
     prefetch: int | None = None
     """Rows of B each thread loads ahead of their first use (software pipelining in the PTX
     backend: prefetch * vec registers). None: 16 // vec."""

@@ -309,16 +309,31 @@ def split_groups(k: np.ndarray, groups: int) -> np.ndarray:
     return np.asarray(cuts)
 
 
-def split_slabs(block_nnz: list[int], max_slab_nnz: int) -> tuple[tuple[int, int], ...]:
-    """Contiguous block ranges of at most max_slab_nnz (weighted) nonzeros, at least one block each."""
+def _fill(block_nnz: list[int], limit: int) -> list[tuple[int, int]]:
+    """Greedy: each range takes blocks while it stays within `limit` (a bigger block: alone)."""
     slabs, start, acc = [], 0, 0
     for i, nnz in enumerate(block_nnz):
-        if i > start and acc + nnz > max_slab_nnz:
+        if i > start and acc + nnz > limit:
             slabs.append((start, i))
             start, acc = i, 0
         acc += nnz
     slabs.append((start, len(block_nnz)))
-    return tuple(slabs)
+    return slabs
+
+
+def split_slabs(block_nnz: list[int], max_slab_nnz: int) -> tuple[tuple[int, int], ...]:
+    """Contiguous block ranges of at most max_slab_nnz (weighted) nonzeros, at least one block
+    each: as few ranges as the budget allows, as even as possible (the smallest limit that still
+    needs no more ranges), so slabs built side by side finish together."""
+    fewest = len(_fill(block_nnz, max_slab_nnz))
+    lo, hi = max(1, -(-sum(block_nnz) // fewest)), max_slab_nnz
+    while lo < hi:  # the greedy count only falls as the limit rises: bisect on it
+        mid = (lo + hi) // 2
+        if len(_fill(block_nnz, mid)) <= fewest:
+            hi = mid
+        else:
+            lo = mid + 1
+    return tuple(_fill(block_nnz, min(lo, max_slab_nnz)))
 
 
 def plan(

@@ -1,5 +1,13 @@
 """Schedule -> PTX, one module per slab: the unrolled body written straight in PTX (no NVVM).
 
+A slab (one launch) is an entry that calls the `.func` of its thread block (blockIdx.x picks
+it): ptxas assembles a module's functions on parallel threads (`--split-compile`), and its time
+grows faster than linearly with the size of one function, so a function per block keeps a big
+launch both fast to build and a single kernel. The functions are `.noreturn` (they `exit`), so
+the call saves no registers, and the entry's `.maxnreg` (register_cap) holds them to the
+occupancy the schedule needs: uncapped, ptxas gives functions far more registers than a lone
+kernel would use.
+
 The CUDA path (render.py -> NVRTC) spends about half its time in NVVM turning a long, flat
 program into PTX that is already nearly a 1:1 listing of the source. This emitter writes that
 listing itself and leaves only ptxas (ptxas.py) to run. It follows the CUDA template operation
@@ -82,6 +90,47 @@ def ptx_isa_version(arch: str) -> str:
     return _PTX_ISA.get(sm, "9.0")
 
 
+REGISTER_FILE = 65536  # 32-bit registers per SM on every arch since sm_70
+# Registers beyond accumulators and rows of B in flight: pointers, indices, predicates (measured
+# on the whole-kernel layout: 16 at vec 1, 22-29 at vec 2, 34-40 at vec 4); a clamped im2col tap adds
+# its pointer and mask (0-4 measured, 3 typical).
+_BASE_REGISTERS = {1: 16, 2: 24, 4: 36}
+_TAP_REGISTERS = 3
+# Few FMAs per row of B loaded (95% sparse: ~3.3 at 64 rows, against ~6.4 at 90%) and the function
+# layout needs more: 85 of the 96 DLMC Transformer layers at 95% spilled at 96 registers and fit
+# at 126, where those at 90% fit. Below this ratio the first cap starts one step up.
+_SPARSE_PIPELINE_FMAS = 5.0
+_SPARSE_PIPELINE_REGISTERS = 8
+
+
+@lru_cache(maxsize=64)
+def fmas_per_load(s: Schedule) -> float:
+    """Nonzeros per row of B a thread group loads (each distinct k of a group is one load)."""
+    loads = sum(len(np.unique(g.arrays()[0])) for b in s.blocks for g in b.groups)
+    return s.nnz / loads if loads else float("inf")
+
+
+def register_cap(s: Schedule, *, at_least: int = 0) -> int:
+    """The entry's `.maxnreg`. In whole-program mode ptxas sizes a lone kernel by itself, but a
+    kernel that calls functions may take up to 255 (measured: 149 where the lone kernel of the
+    default schedule used 96), which would cut occupancy. The cap is the schedule's estimated need
+    (at least `at_least`), raised to the most registers that keep the same number of resident
+    blocks per SM: headroom that costs no occupancy."""
+    v = s.vec
+    need = s.rows_per_block * v + s.prefetch * v + _BASE_REGISTERS[v]
+    if fmas_per_load(s) < _SPARSE_PIPELINE_FMAS:
+        need += _SPARSE_PIPELINE_REGISTERS
+    if s.conv is not None:
+        rows_ok, cols_ok = s.conv.tap_rows_always_valid(), s.conv.tap_cols_always_valid()
+        need += _TAP_REGISTERS * sum(not (r and c) for r in rows_ok for c in cols_ok)
+    need = -(-max(need, at_least) // 8) * 8  # allocated per thread in steps of 8
+    warps = -(-s.threads_x * s.groups // 32)
+    blocks = REGISTER_FILE // (need * 32 * warps)
+    if blocks == 0 or need >= 255:
+        return 255
+    return min(255, max(need, REGISTER_FILE // (blocks * 32 * warps) // 8 * 8))
+
+
 def _hex_words(bits: np.ndarray) -> list[str]:
     """uint32 array -> list of 8-digit upper-case hex strings, vectorised (formatting dominates)."""
     text = np.ascontiguousarray(bits, dtype=">u4").tobytes().hex().upper()
@@ -91,12 +140,13 @@ def _hex_words(bits: np.ndarray) -> list[str]:
 class _Emitter:
     """Builds one slab's PTX. Holds the per-schedule templates; `slab()` returns the text."""
 
-    def __init__(self, s: Schedule, arch: str):
+    def __init__(self, s: Schedule, arch: str, max_registers: int = 255):
         why = unsupported(s)
         if why is not None:
             raise OptionsError(f"the PTX backend cannot render this schedule ({why}); use backend='nvrtc'")
         self.s = s
         self.arch = arch
+        self.max_registers = max_registers
         v = s.vec
         self.row_bytes = 4 * s.n  # one row of B, C or R
         self.red_bytes = 4 * v  # one thread's slot in shared memory
@@ -287,16 +337,15 @@ class _Emitter:
 
         node(0, len(labels), None)
 
-    def _block(self, index: int, block: BlockWork, out: list[str]) -> None:
+    def _block(self, block: BlockWork, out: list[str]) -> None:
         s, v = self.s, self.s.vec
-        label = f"$B{index}"
-        out.append(f"{label}:\n")
+        label = "$B"
         out.append("".join(f"\tmov.f32 \t%a{j}, 0f00000000;\n" for j in range(len(block.rows) * v)))
         if s.groups == 1:
             self._group_body(block.groups[0], out)
             for i, row in enumerate(block.rows):
                 self._store(i, row, out)
-            out.append("\tret;\n")
+            out.append("\texit;\n")
             return
         # Same split-K epilogue as render._block_body: slot i is finished by group i % groups.
         users = block.slot_users()
@@ -322,40 +371,32 @@ class _Emitter:
                         if h != g:
                             self._gather(i, h, out)
                     self._store(i, row, out)
-            out.append("\tret;\n")
+            out.append("\texit;\n")
 
     # -- the module -------------------------------------------------------------------------
-    def slab(self, index: int, name: str) -> str:
+    def _function(self, name: str, block: BlockWork, shared: str, out: list[str]) -> None:
+        """One block's work as a `.func`: ptxas assembles the functions of a module on parallel
+        threads (--split-compile), so a slab of many blocks is one launch built on every core.
+        `.noreturn` (it ends in `exit`): a caller that never resumes needs no registers saved, so
+        the call costs no stack frame and no spill (without it ptxas saved ~45 registers)."""
         s, v = self.s, self.s.vec
-        start, stop = s.slabs[index]
-        blocks = s.blocks[start:stop]
-        nnz = sum(b.nnz for b in blocks)
         params = ["B", "C"] + (["R"] if s.residual else [])
-        out = [
-            f"// Generated by sparsert (PTX emitter {emitter_digest()}): slab {index + 1}/{len(s.slabs)} of\n"
-            f"// {s.m} x {s.k} sparse ({s.nnz} nonzeros) @ {s.k} x {s.n} dense; blocks {start}..{stop - 1}, "
-            f"{nnz} nonzeros; schedule {s.threads_x} x {v} columns, {s.groups} group(s), "
-            f"{s.rows_per_block} rows per block, {s.prefetch} rows of B in flight\n",
-            f".version {ptx_isa_version(self.arch)}\n.target {self.arch}\n.address_size 64\n\n",
-            f".visible .entry {name}(\n",
-            ",\n".join(f"\t.param .u64 {name}_{p}" for p in params) + "\n)\n",
-            f".maxntid {s.threads_x * s.groups}, 1, 1\n{{\n",
-            "\t.reg .pred \t%p<3>;\n\t.reg .b32 \t%r<24>;\n\t.reg .b64 \t%rd<16>;\n",
-            f"\t.reg .f32 \t%a<{max(1, s.rows_per_block * v)}>;\n",
-            f"\t.reg .f32 \t%b<{v * self.depth}>;\n\t.reg .f32 \t%t<{v}>;\n\t.reg .f32 \t%q<{v}>;\n\t.reg .f32 \t%o<{v}>;\n",
-        ]
+        out.append(f".func {name}(\n" + ",\n".join(f"\t.param .u64 {name}_{p}" for p in params)
+                   + "\n) .noreturn\n{\n")
+        out.append("\t.reg .pred \t%p<3>;\n\t.reg .b32 \t%r<24>;\n\t.reg .b64 \t%rd<16>;\n"
+                   f"\t.reg .f32 \t%a<{max(1, s.rows_per_block * v)}>;\n"
+                   f"\t.reg .f32 \t%b<{v * self.depth}>;\n\t.reg .f32 \t%t<{v}>;\n"
+                   f"\t.reg .f32 \t%q<{v}>;\n\t.reg .f32 \t%o<{v}>;\n")
         if s.conv is not None:
             g = s.conv
             out.append(f"\t.reg .pred \t%py<{g.kh}>;\n\t.reg .pred \t%px<{g.kw}>;\n"
                        f"\t.reg .pred \t%pk<{g.kh * g.kw}>;\n\t.reg .b64 \t%rdt<{g.kh * g.kw}>;\n"
                        f"\t.reg .b32 \t%m<{g.kh * g.kw}>;\n")
-        if s.groups > 1:
-            out.append(f"\t.shared .align 16 .b8 \t{name}_red[{s.shared_floats * 4}];\n")
-        # r1 tx, r2 ctaid.y, r3 ctaid.x, r4 tid.y, r5 ctaid.z, r6 col, r7 min(col, n - vec)
+        # r1 tx, r2 ctaid.y, r4 tid.y, r5 ctaid.z, r6 col, r7 min(col, n - vec)
         out.append(
             f"\tld.param.u64 \t%rd4, [{name}_B];\n\tld.param.u64 \t%rd5, [{name}_C];\n"
             "\tcvta.to.global.u64 \t%rd4, %rd4;\n\tcvta.to.global.u64 \t%rd5, %rd5;\n"
-            "\tmov.u32 \t%r1, %tid.x;\n\tmov.u32 \t%r2, %ctaid.y;\n\tmov.u32 \t%r3, %ctaid.x;\n"
+            "\tmov.u32 \t%r1, %tid.x;\n\tmov.u32 \t%r2, %ctaid.y;\n"
             "\tmov.u32 \t%r4, %tid.y;\n\tmov.u32 \t%r5, %ctaid.z;\n"
             f"\tmul.lo.s32 \t%r6, %r2, {s.tile_n};\n\tmad.lo.s32 \t%r6, %r1, {v}, %r6;\n"
             f"\tsetp.lt.s32 \t%p1, %r6, {s.n};\n\tmin.s32 \t%r7, %r6, {s.n - v};\n"
@@ -374,19 +415,57 @@ class _Emitter:
             out.append(f"\tld.param.u64 \t%rd10, [{name}_R];\n\tcvta.to.global.u64 \t%rd10, %rd10;\n"
                        "\tadd.s64 \t%rd3, %rd10, %rd8;\n")
         if s.groups > 1:
-            out.append(f"\tmov.u32 \t%r20, {name}_red;\n\tmad.lo.s32 \t%r20, %r1, {self.red_bytes}, %r20;\n")
-        labels = [f"$B{i}" for i in range(len(blocks))]
+            out.append(f"\tmov.u32 \t%r20, {shared};\n"
+                       f"\tmad.lo.s32 \t%r20, %r1, {self.red_bytes}, %r20;\n")
+        self._block(block, out)
+        out.append("}\n\n")
+
+    def slab(self, index: int, name: str) -> str:
+        """The module of one slab (one launch): a `.func` per block, and the entry `name`, which
+        calls the function of its blockIdx.x (a binary search: log2(blocks) uniform branches)."""
+        s, v = self.s, self.s.vec
+        start, stop = s.slabs[index]
+        blocks = s.blocks[start:stop]
+        nnz = sum(b.nnz for b in blocks)
+        params = ["B", "C"] + (["R"] if s.residual else [])
+        shared = f"{name}_red"
+        out = [
+            f"// Generated by sparsert (PTX emitter {emitter_digest()}): slab {index + 1}/{len(s.slabs)} of\n"
+            f"// {s.m} x {s.k} sparse ({s.nnz} nonzeros) @ {s.k} x {s.n} dense; blocks {start}..{stop - 1}, "
+            f"{nnz} nonzeros; schedule {s.threads_x} x {v} columns, {s.groups} group(s), "
+            f"{s.rows_per_block} rows per block, {s.prefetch} rows of B in flight\n",
+            f".version {ptx_isa_version(self.arch)}\n.target {self.arch}\n"
+            ".address_size 64\n\n",
+        ]
+        if s.groups > 1:
+            out.append(f".shared .align 16 .b8 \t{shared}[{s.shared_floats * 4}];\n\n")
+        functions = [f"{name}_b{i}" for i in range(len(blocks))]
+        for fn, block in zip(functions, blocks):
+            self._function(fn, block, shared, out)
+        out.append(f".visible .entry {name}(\n" + ",\n".join(f"\t.param .u64 {name}_{p}" for p in params)
+                   + f"\n)\n.maxntid {s.threads_x * s.groups}, 1, 1\n.maxnreg {self.max_registers}\n{{\n"
+                   "\t.reg .pred \t%p<3>;\n\t.reg .b32 \t%r<4>;\n\t.reg .b64 \t%rd<4>;\n")
+        for i, p in enumerate(params):
+            out.append(f"\tld.param.u64 \t%rd{i + 1}, [{name}_{p}];\n")
+        out.append("\tmov.u32 \t%r3, %ctaid.x;\n")
+        labels = [f"$C{i}" for i in range(len(blocks))]
         self._dispatch("%r3", labels, out, "$D", True)
-        for i, block in enumerate(blocks):
-            self._block(i, block, out)
+        args = [f"%rd{i + 1}" for i in range(len(params))]
+        for label, fn in zip(labels, functions):
+            out.append(f"{label}:\n\t{{\n")
+            out.append("".join(f"\t.param .u64 \targ{i};\n\tst.param.u64 \t[arg{i}], {a};\n"
+                               for i, a in enumerate(args)))
+            out.append(f"\tcall.uni \t{fn}, ({', '.join(f'arg{i}' for i in range(len(args)))});\n\t}}\n")
         out.append("}\n")
         return "".join(out)
 
 
-def render_ptx(s: Schedule, arch: str, slabs: tuple[int, ...] | None = None) -> tuple[Unit, ...]:
+def render_ptx(s: Schedule, arch: str, slabs: tuple[int, ...] | None = None, *,
+               at_least: int = 0) -> tuple[Unit, ...]:
     """PTX units for the schedule's slabs (all, or the given indices): same names and launch
-    geometry as render.render(s). Deterministic: same schedule and arch, same bytes."""
-    em = _Emitter(s, arch)
+    geometry as render.render(s). Deterministic: same schedule and arch, same bytes.
+    `at_least`: a floor for the register cap (register_cap), raised where ptxas spilled."""
+    em = _Emitter(s, arch, max_registers=register_cap(s, at_least=at_least))
     geometry = launch_units(s)
     return tuple(dataclasses.replace(geometry[i], source=em.slab(i, geometry[i].kernel_name))
                  for i in (range(len(s.slabs)) if slabs is None else slabs))

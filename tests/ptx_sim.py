@@ -61,7 +61,7 @@ def _f32_imm(tok: str) -> np.float32:
 
 # Exactly the opcodes sparsert.ptx emits; anything else (another rounding mode, ftz...) is refused.
 _OPS = frozenset(
-    "bra bra.uni ret bar.sync ld.param.u64 cvta.to.global.u64 mov.u32 mov.f32 cvt.u64.u32 cvt.s64.s32 "
+    "bra bra.uni ret exit call.uni st.param.u64 bar.sync ld.param.u64 cvta.to.global.u64 mov.u32 mov.f32 cvt.u64.u32 cvt.s64.s32 "
     "mul.lo.s32 mad.lo.s32 min.s32 shl.b64 setp.lt.s32 setp.lt.u32 add.s64 add.rn.f32 fma.rn.f32 "
     "add.s32 sub.s32 div.u32 and.pred max.s32 selp.b32 and.b32 "
     "max.f32 ld.global.nc.f32 ld.global.nc.v2.f32 ld.global.nc.v4.f32 ld.shared.f32 ld.shared.v2.f32 "
@@ -79,19 +79,16 @@ def u32(x: int) -> int:
     return int(x) % 2**32
 
 
-class Program:
-    """One PTX module with one .entry: instructions, labels, parameter names, shared symbol."""
+class Function:
+    """One .entry or .func: its instructions, labels and parameter names."""
 
-    def __init__(self, ptx: str):
+    def __init__(self, name: str, params: list[str], body: str):
+        self.name, self.params = name, params
         self.insns: list[tuple] = []
         self.labels: dict[str, int] = {}
-        self.params: list[str] = re.findall(r"\.param \.u64 (\S+?)[,\n)]", ptx)
-        m = re.search(r"\.shared .*?(\S+)\[(\d+)\];", ptx)
-        self.shared_name, self.shared_bytes = (m.group(1), int(m.group(2))) if m else (None, 0)
-        body = ptx[ptx.index("{", ptx.index(".entry")) + 1:]
         for raw in body.splitlines():
             line = raw.strip()
-            if not line or line.startswith(("//", ".reg", ".shared", "}")):
+            if not line or line in ("{", "}") or line.startswith(("//", ".reg", ".shared", ".param")):
                 continue
             if line.endswith(":"):
                 self.labels[line[:-1]] = len(self.insns)
@@ -99,8 +96,32 @@ class Program:
             mm = _INSN.match(line)
             if mm is None:
                 raise ValueError(f"cannot parse PTX line: {line!r}")
-            args = [a.strip() for a in re.split(r",(?![^{]*})", mm.group("args")) if a.strip()]
+            args = [a.strip() for a in re.split(r",(?![^{(]*[})])", mm.group("args")) if a.strip()]
             self.insns.append((mm.group("pred"), mm.group("neg") == "!", mm.group("op"), args))
+
+
+_HEADER = re.compile(r"^(\.visible \.entry|\.func) (\w+)\((.*?)\)(.*?)\n\{\n(.*?)^\}\n", re.S | re.M)
+
+
+class Program:
+    """One PTX module: its functions (one .entry, any number of .func) and its shared symbol."""
+
+    def __init__(self, ptx: str):
+        self.functions: dict[str, Function] = {}
+        self.entry: Function | None = None
+        self.noreturn: set[str] = set()
+        for m in _HEADER.finditer(ptx):
+            kind, name, params, attrs, body = m.groups()
+            fn = Function(name, re.findall(r"\.param \.u64 (\w+)", params), body)
+            self.functions[name] = fn
+            if ".noreturn" in attrs:
+                self.noreturn.add(name)
+            if kind.endswith("entry"):
+                assert self.entry is None, "one .entry per module"
+                self.entry = fn
+        assert self.entry is not None, "no .entry in the module"
+        m = re.search(r"\.shared .*?(\S+)\[(\d+)\];", ptx)
+        self.shared_name, self.shared_bytes = (m.group(1), int(m.group(2))) if m else (None, 0)
 
 
 class Memory:
@@ -119,10 +140,13 @@ class Memory:
 
 
 def _thread(prog: Program, mem: Memory, shared: np.ndarray, tid, ctaid):
-    regs: dict[str, object] = {}
     special = {"%tid.x": tid[0], "%tid.y": tid[1], "%tid.z": 0,
                "%ctaid.x": ctaid[0], "%ctaid.y": ctaid[1], "%ctaid.z": ctaid[2]}
-    params = dict(zip(prog.params, mem.bases))
+    fn = prog.entry
+    regs: dict[str, object] = {}
+    params = dict(zip(fn.params, mem.bases))
+    outgoing: dict[str, object] = {}  # .param variables of the call being set up
+    frames: list[tuple] = []  # callers to resume at `ret` (a .noreturn function has none)
 
     def val(tok: str):
         if tok.startswith("%"):
@@ -145,8 +169,10 @@ def _thread(prog: Program, mem: Memory, shared: np.ndarray, tid, ctaid):
         return [r.strip() for r in tok.strip("{}").split(",")]
 
     pc = 0
-    while pc < len(prog.insns):
-        pred, neg, op, a = prog.insns[pc]
+    while True:
+        if pc >= len(fn.insns):
+            raise AssertionError(f"{fn.name}: ran off the end of the function")
+        pred, neg, op, a = fn.insns[pc]
         pc += 1
         if pred is not None and bool(regs[pred]) == neg:
             continue
@@ -155,9 +181,23 @@ def _thread(prog: Program, mem: Memory, shared: np.ndarray, tid, ctaid):
         parts = op.split(".")
         name = parts[0]
         if name == "bra":
-            pc = prog.labels[a[0]]
-        elif name == "ret":
+            pc = fn.labels[a[0]]
+        elif name == "exit":
             return
+        elif name == "ret":
+            if not frames:
+                return
+            assert fn.name not in prog.noreturn, f"{fn.name} is .noreturn but returns"
+            fn, pc, regs, params = frames.pop()
+        elif op == "st.param.u64":
+            outgoing[a[0].strip("[]")] = val(a[1])
+        elif name == "call":
+            callee = prog.functions[a[0]]
+            names = [x.strip() for x in a[1].strip("()").split(",") if x.strip()]
+            frames.append((fn, pc, regs, params))
+            fn, pc, regs = callee, 0, {}
+            params = {p: outgoing[x] for p, x in zip(callee.params, names, strict=True)}
+            outgoing = {}
         elif name == "bar":
             yield
         elif name == "ld" and parts[1] == "param":

@@ -210,3 +210,30 @@ def test_benchmark_end_to_end_on_gpu(tmp_path):
     assert rec["max_rel_err"] < 1e-4
     assert data["peaks"]["fp32_flops"] > 0 and data["peaks"]["dram_bytes_per_s"] > 0
     assert path.with_suffix(".md").exists() and path.with_suffix(".png").exists()
+
+
+def test_slab_benchmark_variants_and_no_gpu_message(capsys):
+    from benchmarks import slabs
+    from sparsert.plan import split_slabs
+
+    got = slabs.budgets(100_000, [1, 2, 4])
+    assert [b for _, b in got] == [100_000, 50_000, 25_000, slabs.SMALL_SLAB_NNZ]
+    assert len(split_slabs([12_500] * 8, got[2][1])) == 4  # k even slabs where blocks allow
+    assert slabs.budgets(1000, [1, 2]) == [("1 slab(s)", 1000), ("2 slab(s)", 500)]
+    with pytest.raises(SystemExit):
+        slabs.parse_args(["--slabs", "0"])
+    if not gpu_available():
+        assert slabs.main(["--sizes", "64"]) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_slab_benchmark_end_to_end_on_gpu(tmp_path):
+    from benchmarks import slabs
+
+    assert slabs.main(["--sizes", "256", "--slabs", "1", "2", "--repeat", "5", "--warmup", "2",
+                       "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("slabs-*.json")
+    (rec,) = json.loads(path.read_text())["records"]
+    assert [v["slabs"] for v in rec["variants"]] == [1, 2]
+    assert all(v["bit_equal_to_first"] and v["us"] > 0 for v in rec["variants"])

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from sparsert import compiler, ptx
 from sparsert.compiler import compile_units, resolve_backend
-from sparsert.config import DEFAULT_MAX_SLAB_NNZ, settings
+from sparsert.config import DEFAULT_MAX_SLAB_NNZ, DEFAULT_PTX_MAX_SLAB_NNZ, settings, slab_budget
 from sparsert.errors import CompileError, OptionsError
 from sparsert.options import KernelOptions
 from sparsert.plan import plan
@@ -247,14 +247,107 @@ def test_slab_budget_counts_ffmas_not_nonzeros():
         len(_schedule(w, budget=400, n=32, rows_per_block=4, vec=1).slabs)
 
 
+def test_slabs_are_as_few_and_as_even_as_the_budget_allows():
+    from sparsert.plan import _fill, split_slabs
+
+    assert split_slabs([13107] * 32, 262144) == ((0, 16), (16, 32))  # greedy would cut 20 + 12
+    assert split_slabs([5, 5, 100, 5, 5], 20) == ((0, 2), (2, 3), (3, 5))  # a big block: alone
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        blocks = rng.integers(1, 50, size=int(rng.integers(1, 30))).tolist()
+        budget = int(rng.integers(1, 200))
+        slabs, greedy = split_slabs(blocks, budget), _fill(blocks, budget)
+        assert len(slabs) == len(greedy) and slabs[0][0] == 0 and slabs[-1][1] == len(blocks)
+        assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(slabs, slabs[1:]))
+        sizes = [sum(blocks[a:b]) for a, b in slabs]
+        assert all(n <= budget or b - a == 1 for n, (a, b) in zip(sizes, slabs))
+        assert max(sizes) <= max(sum(blocks[a:b]) for a, b in greedy)
+
+
 def test_slab_budget_default_and_env(monkeypatch):
     monkeypatch.delenv("SPARSERT_MAX_SLAB_NNZ", raising=False)
-    assert settings().max_slab_nnz == DEFAULT_MAX_SLAB_NNZ
+    assert settings().max_slab_nnz is None
+    assert slab_budget("ptx") == DEFAULT_PTX_MAX_SLAB_NNZ > DEFAULT_MAX_SLAB_NNZ
+    assert slab_budget("nvrtc") == slab_budget("hipcc") == DEFAULT_MAX_SLAB_NNZ
     monkeypatch.setenv("SPARSERT_MAX_SLAB_NNZ", "123")
     assert settings().max_slab_nnz == 123
+    assert slab_budget("ptx") == slab_budget("nvrtc") == 123
     monkeypatch.setenv("SPARSERT_MAX_SLAB_NNZ", "0")
     with pytest.raises(OptionsError):
         settings()
+
+
+def test_plan_for_uses_the_backends_slab_budget(monkeypatch):
+    """The PTX backend builds a slab's blocks as functions on parallel threads, so its slabs
+    (launches) are big; NVRTC compiles a slab as one function, so its slabs stay small."""
+    from sparsert.api import plan_for
+
+    monkeypatch.delenv("SPARSERT_MAX_SLAB_NNZ", raising=False)
+    w = _weight(512, 800, 0.1, seed=31)  # ~41k nonzeros: 3 NVRTC slabs, 1 PTX slab
+    o = KernelOptions(n=64)
+    s_ptx, kind = plan_for(w.matrix, o, backend="ptx", weight_digest=w.digest())
+    assert kind == "ptx" and len(s_ptx.slabs) == 1
+    s_nvrtc, kind = plan_for(w.matrix, o, backend="nvrtc", weight_digest=w.digest())
+    assert kind == "nvrtc" and len(s_nvrtc.slabs) == -(-w.matrix.nnz // DEFAULT_MAX_SLAB_NNZ)
+    assert s_nvrtc.blocks == s_ptx.blocks  # the same work, cut into launches differently
+    s_own, _ = plan_for(w.matrix, dataclasses.replace(o, max_slab_nnz=5000), backend="ptx",
+                        weight_digest=w.digest())
+    assert len(s_own.slabs) >= 8  # options.max_slab_nnz wins
+    # auto: the PTX budget only where the PTX backend will build it
+    s_auto, kind = plan_for(w.matrix, o, weight_digest=w.digest())
+    assert len(s_auto.slabs) == len(s_ptx.slabs if kind == "ptx" else s_nvrtc.slabs)
+
+
+# -- the PTX module: a function per block -------------------------------------------------------
+def _blocks_per_sm(registers: int, threads: int) -> int:
+    return ptx.REGISTER_FILE // (-(-registers // 8) * 8 * 32 * -(-threads // 32))
+
+
+def test_ptx_module_is_one_entry_calling_a_function_per_block():
+    w = _weight(40, 50, 0.3, seed=5)
+    s = _schedule(w, budget=200, n=64, rows_per_block=4, groups=2, residual=True)
+    units = ptx.render_ptx(s, ARCH)
+    assert len(units) == len(s.slabs) > 1
+    for u, (start, stop) in zip(units, s.slabs):
+        text = u.source
+        funcs = re.findall(r"^\.func (\w+)\((.*?)\) \.noreturn$", text, re.S | re.M)
+        assert [f for f, _ in funcs] == [f"{u.kernel_name}_b{i}" for i in range(stop - start)]
+        assert all(p.count(".param .u64") == 3 for _, p in funcs)  # B, C, R
+        assert text.count(f".visible .entry {u.kernel_name}(") == 1
+        assert text.count("call.uni") == stop - start and "\tret;" not in text
+        assert text.count("\texit;") >= stop - start  # every function ends its thread
+        assert f".maxnreg {ptx.register_cap(s)}\n" in text
+        assert len(re.findall(r"^\.shared ", text, re.M)) == 1  # one reduction buffer, module scope
+        fmas = sum(s.blocks[i].nnz for i in range(start, stop)) * s.vec
+        assert text.count("fma.rn.f32") == fmas
+
+
+def test_register_cap_keeps_occupancy_and_rises_on_request():
+    w = _weight(128, 256, 0.1, seed=6)
+    for opts in (dict(vec=1, rows_per_block=64, prefetch=16, groups=4),
+                 dict(vec=1, rows_per_block=64, prefetch=16, groups=1),
+                 dict(vec=2, rows_per_block=32, prefetch=8, groups=2),
+                 dict(vec=4, rows_per_block=16, prefetch=4, groups=4),
+                 dict(vec=1, rows_per_block=8, prefetch=4, groups=1)):
+        s = _schedule(w, n=256, **opts)
+        threads = s.threads_x * s.groups
+        need = s.rows_per_block * s.vec + s.prefetch * s.vec + ptx._BASE_REGISTERS[s.vec]
+        if ptx.fmas_per_load(s) < ptx._SPARSE_PIPELINE_FMAS:
+            need += ptx._SPARSE_PIPELINE_REGISTERS
+        cap = ptx.register_cap(s)
+        assert need <= cap <= 255 and cap % 8 == 0
+        assert _blocks_per_sm(cap, threads) == _blocks_per_sm(need, threads), opts  # headroom is free
+        higher = ptx.register_cap(s, at_least=cap + 1)
+        assert higher > cap and _blocks_per_sm(higher, threads) < _blocks_per_sm(cap, threads)
+        assert ptx.register_cap(s, at_least=255) == 255
+    big = _schedule(w, n=256, vec=4, rows_per_block=16, prefetch=64, groups=1)
+    assert ptx.register_cap(big) == 255
+    # at 95% a row of B loaded feeds ~3 FMAs (64 rows) against ~6 at 90%: the cap starts a step up
+    dense = _schedule(_weight(256, 1024, 0.10, seed=7), n=256)
+    sparse = _schedule(_weight(256, 1024, 0.05, seed=7), n=256)
+    assert ptx.fmas_per_load(sparse) < ptx._SPARSE_PIPELINE_FMAS < ptx.fmas_per_load(dense)
+    assert (dense.groups, dense.rows_per_block, dense.prefetch) == (sparse.groups, sparse.rows_per_block, sparse.prefetch)
+    assert ptx.register_cap(sparse) > ptx.register_cap(dense)
 
 
 # -- backend choice ---------------------------------------------------------------------------
@@ -317,6 +410,84 @@ def test_sass_keeps_the_software_pipelined_loads_ahead():
     median = pipelined[len(pipelined) // 2]
     assert median >= 60, median
     assert median >= 4 * eager[len(eager) // 2], (median, eager[len(eager) // 2])
+
+
+def _conv_schedule(geo, **opts):
+    from sparsert.plan import ConvGeometry
+
+    g = ConvGeometry(*geo)
+    a = sp.random(64, g.c_in * g.kh * g.kw, density=0.1, random_state=np.random.default_rng(8),
+                  dtype=np.float32, format="csr")
+    w = load_weight(a)
+    return plan(w.matrix, KernelOptions(n=g.oh * g.ow, **opts), weight_digest=w.digest(),
+                max_slab_nnz=10**9, conv=g)
+
+
+@needs_ptxas
+@pytest.mark.parametrize("case", [
+    dict(vec=1, rows_per_block=64, prefetch=16, groups=4),
+    dict(vec=1, rows_per_block=64, prefetch=16, groups=1, relu=True),
+    dict(vec=2, rows_per_block=32, prefetch=8, groups=4, residual=True),
+    dict(vec=4, rows_per_block=16, prefetch=4, groups=2),
+    dict(conv=(16, 14, 14, 3, 3, (1, 1), (1, 1), (1, 1)), rows_per_block=64, prefetch=16, groups=4),
+    dict(conv=(16, 28, 28, 3, 3, (2, 2), (1, 1), (1, 1)), rows_per_block=32, prefetch=8, groups=2),
+], ids=["spmm-v1-g4", "spmm-v1-g1", "spmm-v2-residual", "spmm-v4", "conv3x3", "conv3x3-s2"])
+def test_function_layout_assembles_under_its_cap_without_spills(case):
+    """The kernel calls one function per block: ptxas must keep it under the estimated cap on
+    the first try, with no stack frame (the .noreturn call saves nothing) and nothing spilled."""
+    from sparsert.sass import sass_stats
+
+    case = dict(case)
+    geo = case.pop("conv", None)
+    if geo:
+        s = _conv_schedule(geo, **case)
+    else:
+        rng = np.random.default_rng(9)
+        w = load_weight(sp.random(128, 256, density=0.1, random_state=rng, dtype=np.float32, format="csr"))
+        s = _schedule(w, n=256, bias=np.ones(128, np.float32), **case)
+    (art,) = compile_units(ptx.render_ptx(s, ARCH), target="cuda", arch=ARCH, use_cache=False,
+                           jobs=2, schedule=s, backend="ptx")
+    assert art.info["register_caps"] == [ptx.register_cap(s)]  # no second assembly
+    assert art.info["registers"] <= ptx.register_cap(s)
+    assert not art.info["spill_stores"] and not art.info["spill_loads"]
+    frames = [int(x) for x in re.findall(r"(\d+) bytes stack frame", art.info["log"])]
+    assert len(frames) == len(s.blocks) + 1 and not any(frames)  # every function + the entry
+    st = sass_stats(art.binary)
+    assert st.ffma_imm == s.nnz * s.vec and not st.spills
+
+
+@needs_ptxas
+def test_a_spilling_cap_is_raised_until_nothing_spills():
+    """Many clamped im2col taps (5x5, padding 2) need more registers in the function layout than
+    the estimate: the build assembles again one occupancy step up, then uncapped."""
+    s = _conv_schedule((8, 12, 12, 5, 5, (1, 1), (2, 2), (1, 1)), rows_per_block=64, prefetch=16, groups=1)
+    (art,) = compile_units(ptx.render_ptx(s, ARCH), target="cuda", arch=ARCH, use_cache=False,
+                           jobs=1, schedule=s, backend="ptx")
+    caps = art.info["register_caps"]
+    assert len(caps) >= 2 and caps == sorted(set(caps)) and caps[0] == ptx.register_cap(s)
+    assert not art.info["spill_stores"] and not art.info["spill_loads"]
+    assert art.info["registers"] <= caps[-1]
+
+
+@needs_ptxas
+def test_a_lone_slab_gets_every_core_and_the_same_code(monkeypatch):
+    """ptxas --split-compile: the thread count changes the time and the ELF layout, not the
+    code, so it is not part of the cache key."""
+    from sparsert.sass import sass_stats
+
+    w = _weight(256, 128, 0.1, seed=12)
+    s = _schedule(w, n=64)
+    assert len(s.slabs) == 1 and len(s.blocks) == 4
+    units = ptx.render_ptx(s, ARCH)
+    one, = compile_units(units, target="cuda", arch=ARCH, use_cache=False, jobs=1, schedule=s, backend="ptx")
+    four, = compile_units(units, target="cuda", arch=ARCH, use_cache=False, jobs=4, schedule=s, backend="ptx")
+    assert one.info["ptxas_threads"] == 1 and four.info["ptxas_threads"] == 4
+    a, b = sass_stats(one.binary), sass_stats(four.binary)
+    assert (a.instructions, a.ffma_imm) == (b.instructions, b.ffma_imm)
+    assert sorted(a.immediate_bits) == sorted(b.immediate_bits)  # functions may come in another order
+    keys = {compiler.UnitBuild(units[0], target="cuda", arch=ARCH, cache=None, backend="ptx",
+                               schedule=s, threads=t).key for t in (1, 4)}
+    assert len(keys) == 1
 
 
 @needs_ptxas
