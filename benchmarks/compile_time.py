@@ -136,6 +136,7 @@ def run_case(case: dict, *, backend: str, arch: str, jobs: int | None, max_slab_
         # PTX backend: ptxas threads per slab, and assemblies (more than one per slab: a cap raised)
         "ptxas_threads": max((a.info.get("ptxas_threads") or 1) for a in arts),
         "ptxas_runs": sum(len(a.info.get("register_caps") or [1]) for a in arts),
+        "probe_runs": sum(len(a.info.get("probe_caps") or []) for a in arts),  # spilled functions alone
         "spill_bytes": sum((a.info.get("spill_stores") or 0) + (a.info.get("spill_loads") or 0) for a in arts),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_child_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,

@@ -36,6 +36,7 @@ NVRTC_OPTIONS = ("--ftz=false", "--prec-div=true", "--fmad=true")  # exact IEEE;
 # 65-78% of the -O3 time, with the same instructions (benchmarks/results/compile_probe.md).
 PTXAS_OPTIONS = ("-Ofc", "min")
 BACKENDS = ("ptx", "nvrtc")
+PROBE_FUNCTIONS = 8  # the worst-spilling functions a register probe assembles (compiler.UnitBuild)
 
 
 @dataclass(frozen=True)
@@ -138,30 +139,41 @@ class UnitBuild:
 
     def build(self) -> Artifact:
         if self.backend == "ptx":
-            from .ptx import register_cap, render_ptx
+            from .ptx import probe_ptx, register_cap, render_ptx, spilled_functions
             from .ptxas import assemble
 
-            s, rendered, assembled, caps = self.schedule, 0.0, 0.0, []
-            threads = ("--split-compile", str(self.threads)) if self.threads > 1 else ()
-            # The register cap is an estimate. Where ptxas spills under it, assemble again with the
-            # cap one occupancy step higher, then with none (255): a kernel never spills for want
-            # of registers it could have had.
-            for at_least in (0, register_cap(s) + 1, 255):
-                cap = register_cap(s, at_least=at_least)
-                if caps and cap <= caps[-1]:
-                    break
+            s, arch, index = self.schedule, self.arch, self.unit.index
+            options = self.options + (("--split-compile", str(self.threads)) if self.threads > 1 else ())
+            name = f"{self.unit.kernel_name}.ptx"
+            t0 = time.perf_counter()
+            text = render_ptx(s, arch, slabs=(index,))[0].source
+            rendered = time.perf_counter() - t0
+            r = assemble(text, arch=arch, name=name, options=options)
+            caps, probes, assembled = [register_cap(s)], [], r.seconds
+            start, stop = s.slabs[index]
+            while (r.spill_stores or r.spill_loads) and caps[-1] < 255:
+                # The cap is an estimate. ptxas allocates each function on its own, so probe the
+                # worst spillers alone, one occupancy step higher at a time, until they fit; then
+                # assemble the slab once more at that cap (and again if others still spill).
+                worst = [start + i for i in spilled_functions(r.log)[:PROBE_FUNCTIONS]]
+                cap = caps[-1]
+                while cap < 255:
+                    cap = register_cap(s, at_least=cap + 1)
+                    probe = assemble(probe_ptx(s, arch, worst or list(range(start, stop)), cap), arch=arch,
+                                     name=f"probe-{name}", options=options)
+                    probes.append(cap)
+                    assembled += probe.seconds
+                    if not (probe.spill_stores or probe.spill_loads):
+                        break
                 t0 = time.perf_counter()
-                ptx_unit = render_ptx(s, self.arch, slabs=(self.unit.index,), at_least=at_least)[0]
+                text = render_ptx(s, arch, slabs=(index,), max_registers=cap)[0].source
                 rendered += time.perf_counter() - t0
-                r = assemble(ptx_unit.source, arch=self.arch, name=f"{self.unit.kernel_name}.ptx",
-                             options=self.options + threads)
-                assembled += r.seconds
+                r = assemble(text, arch=arch, name=name, options=options)
                 caps.append(cap)
-                if not (r.spill_stores or r.spill_loads):
-                    break
+                assembled += r.seconds
             info = self._info(r, "ptx") | {"compile_seconds": assembled, "render_seconds": rendered,
-                                           "ptx_bytes": len(ptx_unit.source), "register_caps": caps,
-                                           "ptxas_threads": self.threads}
+                                           "ptx_bytes": len(text), "register_caps": caps,
+                                           "probe_caps": probes, "ptxas_threads": self.threads}
             return Artifact(binary=r.cubin, info=info)
         if self.backend == "nvrtc":
             from .nvrtc import compile_cuda

@@ -459,14 +459,22 @@ def test_function_layout_assembles_under_its_cap_without_spills(case):
 @needs_ptxas
 def test_a_spilling_cap_is_raised_until_nothing_spills():
     """Many clamped im2col taps (5x5, padding 2) need more registers in the function layout than
-    the estimate: the build assembles again one occupancy step up, then uncapped."""
+    the estimate: the functions that spilled are assembled alone one occupancy step up at a time
+    until they fit, then the slab once more at that cap."""
     s = _conv_schedule((8, 12, 12, 5, 5, (1, 1), (2, 2), (1, 1)), rows_per_block=64, prefetch=16, groups=1)
     (art,) = compile_units(ptx.render_ptx(s, ARCH), target="cuda", arch=ARCH, use_cache=False,
                            jobs=1, schedule=s, backend="ptx")
-    caps = art.info["register_caps"]
-    assert len(caps) >= 2 and caps == sorted(set(caps)) and caps[0] == ptx.register_cap(s)
+    caps, probes = art.info["register_caps"], art.info["probe_caps"]
+    assert caps[0] == ptx.register_cap(s) and len(caps) == 2 and caps[1] == probes[-1] > caps[0]
+    assert probes == sorted(set(probes))
     assert not art.info["spill_stores"] and not art.info["spill_loads"]
     assert art.info["registers"] <= caps[-1]
+    text = ptx.probe_ptx(s, ARCH, [0], caps[-1])
+    assert text.count(".func ") == 1 and f".maxnreg {caps[-1]}" in text
+    log = ("ptxas info    : Function properties for k_b3\n    8 bytes stack frame, 4 bytes spill stores, "
+           "4 bytes spill loads\nptxas info    : Function properties for k_b1\n    0 bytes stack frame, "
+           "0 bytes spill stores, 0 bytes spill loads\n")
+    assert ptx.spilled_functions(log) == [3]
 
 
 @needs_ptxas
