@@ -140,7 +140,10 @@ class SparseKernel:
             return None
         from .ptx import render_ptx
 
-        return tuple(u.source for u in render_ptx(self.schedule, self.arch))
+        # a slab whose first register cap spilled was assembled under a higher one (compiler.py)
+        return tuple(render_ptx(self.schedule, self.arch, slabs=(i,),
+                                max_registers=(a.info.get("register_caps") or [None])[-1])[0].source
+                     for i, a in enumerate(self.artifacts))
 
     def sass_stats(self):
         """SASS facts over all slabs (CUDA only): FFMA-immediates, registers, spills."""

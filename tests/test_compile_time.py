@@ -478,6 +478,23 @@ def test_a_spilling_cap_is_raised_until_nothing_spills():
 
 
 @needs_ptxas
+def test_kernel_ptx_is_the_ptx_that_was_assembled(monkeypatch, tmp_path):
+    """kernel.ptx renders each slab under the cap its cubin was built with (raised where the
+    first one spilled), from a cold build and from the cache alike."""
+    import sparsert
+
+    monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path))
+    rng = np.random.default_rng(8)
+    w = (rng.standard_normal((64, 8, 5, 5)) * (rng.random((64, 8, 5, 5)) < 0.1)).astype(np.float32)
+    for _ in range(2):  # cold, then warm
+        k = sparsert.compile_conv2d(w, (12, 12), padding=2, arch=ARCH, thread_groups=1, rows_per_block=64)
+        caps = k.kernel.artifacts[0].info["register_caps"]
+        assert len(caps) == 2 and caps[-1] > ptx.register_cap(k.kernel.schedule)
+        assert f".maxnreg {caps[-1]}\n" in k.kernel.ptx[0]
+    assert k.kernel.artifacts[0].cached
+
+
+@needs_ptxas
 def test_a_lone_slab_gets_every_core_and_the_same_code(monkeypatch):
     """ptxas --split-compile: the thread count changes the time and the ELF layout, not the
     code, so it is not part of the cache key."""
