@@ -61,39 +61,36 @@ def compiler_version(target: str, backend: str = "nvrtc") -> str:
 
 
 def preferred_backend(target: str, backend: str | None = None) -> str:
-    """The backend resolve_backend() will pick if the PTX emitter can render the schedule, known
-    before planning (the slab budget depends on it)."""
+    """The backend resolve_backend() picks where the PTX emitter can render the schedule, known
+    before planning (the slab budget depends on it). Raises OptionsError on an unknown choice."""
     if target != "cuda":
         return "hipcc"
     choice = backend or settings().backend
+    if choice not in ("auto", *BACKENDS):
+        raise OptionsError(f"backend={choice!r}: expected one of auto, {', '.join(BACKENDS)}")
     if choice == "auto":
         from .ptxas import find_ptxas
 
         return "ptx" if find_ptxas() is not None else "nvrtc"
-    return choice if choice in BACKENDS else "nvrtc"  # resolve_backend rejects anything else
+    return choice
 
 
 def resolve_backend(target: str, backend: str | None = None, *, schedule: Schedule | None = None) -> str:
     """The build path for `target`: 'hipcc' for HIP; for CUDA the requested backend, else
     SPARSERT_BACKEND; 'auto' picks 'ptx' when ptxas is installed and the PTX emitter can render
     the schedule passed in (SpMM and virtual-im2col convolutions), else 'nvrtc'."""
-    if target != "cuda":
-        return "hipcc"
-    choice = backend or settings().backend
-    if choice not in ("auto", *BACKENDS):
-        raise OptionsError(f"backend={choice!r}: expected one of auto, {', '.join(BACKENDS)}")
-    if choice == "nvrtc":
-        return choice
+    kind = preferred_backend(target, backend)
+    if kind != "ptx":
+        return kind
     from .ptx import unsupported
-    from .ptxas import find_ptxas
 
     why = ("no schedule was passed (compile_units(..., schedule=))" if schedule is None
            else unsupported(schedule))
-    if choice == "auto":
-        return "ptx" if why is None and find_ptxas() is not None else "nvrtc"
-    if why is not None:
-        raise OptionsError(f"backend='ptx' cannot build these units: {why}")
-    return choice
+    if why is None:
+        return kind
+    if (backend or settings().backend) == "auto":
+        return "nvrtc"
+    raise OptionsError(f"backend='ptx' cannot build these units: {why}")
 
 
 class UnitBuild:
