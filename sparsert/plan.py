@@ -181,6 +181,12 @@ class Schedule:
         return self.groups * self.rows_per_block * self.tile_n if self.groups > 1 else 0
 
     @cached_property
+    def fmas_per_load(self) -> float:
+        """Nonzeros per row of B a thread group loads (each distinct k of a group is one load)."""
+        loads = sum(len(np.unique(g.arrays()[0])) for b in self.blocks for g in b.groups)
+        return self.nnz / loads if loads else float("inf")
+
+    @cached_property
     def digest(self) -> str:
         """Content hash of everything that shapes the generated code."""
         h = hashlib.sha256()

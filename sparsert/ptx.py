@@ -105,13 +105,6 @@ _SPARSE_PIPELINE_FMAS = 5.0
 _SPARSE_PIPELINE_REGISTERS = 8
 
 
-@lru_cache(maxsize=64)
-def fmas_per_load(s: Schedule) -> float:
-    """Nonzeros per row of B a thread group loads (each distinct k of a group is one load)."""
-    loads = sum(len(np.unique(g.arrays()[0])) for b in s.blocks for g in b.groups)
-    return s.nnz / loads if loads else float("inf")
-
-
 def register_cap(s: Schedule, *, at_least: int = 0) -> int:
     """The entry's `.maxnreg`. In whole-program mode ptxas sizes a lone kernel by itself, but a
     kernel that calls functions may take up to 255 (measured: 149 where the lone kernel of the
@@ -120,7 +113,7 @@ def register_cap(s: Schedule, *, at_least: int = 0) -> int:
     blocks per SM: headroom that costs no occupancy."""
     v = s.vec
     need = s.rows_per_block * v + s.prefetch * v + _BASE_REGISTERS[v]
-    if fmas_per_load(s) < _SPARSE_PIPELINE_FMAS:
+    if s.fmas_per_load < _SPARSE_PIPELINE_FMAS:
         need += _SPARSE_PIPELINE_REGISTERS
     if s.conv is not None:
         rows_ok, cols_ok = s.conv.tap_rows_always_valid(), s.conv.tap_cols_always_valid()

@@ -332,7 +332,7 @@ def test_register_cap_keeps_occupancy_and_rises_on_request():
         s = _schedule(w, n=256, **opts)
         threads = s.threads_x * s.groups
         need = s.rows_per_block * s.vec + s.prefetch * s.vec + ptx._BASE_REGISTERS[s.vec]
-        if ptx.fmas_per_load(s) < ptx._SPARSE_PIPELINE_FMAS:
+        if s.fmas_per_load < ptx._SPARSE_PIPELINE_FMAS:
             need += ptx._SPARSE_PIPELINE_REGISTERS
         cap = ptx.register_cap(s)
         assert need <= cap <= 255 and cap % 8 == 0
@@ -345,7 +345,7 @@ def test_register_cap_keeps_occupancy_and_rises_on_request():
     # at 95% a row of B loaded feeds ~3 FMAs (64 rows) against ~6 at 90%: the cap starts a step up
     dense = _schedule(_weight(256, 1024, 0.10, seed=7), n=256)
     sparse = _schedule(_weight(256, 1024, 0.05, seed=7), n=256)
-    assert ptx.fmas_per_load(sparse) < ptx._SPARSE_PIPELINE_FMAS < ptx.fmas_per_load(dense)
+    assert sparse.fmas_per_load < ptx._SPARSE_PIPELINE_FMAS < dense.fmas_per_load
     assert (dense.groups, dense.rows_per_block, dense.prefetch) == (sparse.groups, sparse.rows_per_block, sparse.prefetch)
     assert ptx.register_cap(sparse) > ptx.register_cap(dense)
 
