@@ -27,7 +27,7 @@ from . import __version__
 from .cache import KernelCache, cache_key
 from .config import settings
 from .errors import OptionsError
-from .plan import Schedule
+from .plan import MAX_REGISTERS_PER_THREAD, Schedule
 from .render import Unit
 
 NVRTC_OPTIONS = ("--ftz=false", "--prec-div=true", "--fmad=true")  # exact IEEE; FMA contraction on
@@ -148,13 +148,13 @@ class UnitBuild:
             r = assemble(text, arch=arch, name=name, options=options)
             caps, probes, assembled = [register_cap(s)], [], r.seconds
             start, stop = s.slabs[index]
-            while (r.spill_stores or r.spill_loads) and caps[-1] < 255:
+            while (r.spill_stores or r.spill_loads) and caps[-1] < MAX_REGISTERS_PER_THREAD:
                 # The cap is an estimate. ptxas allocates each function on its own, so probe the
                 # worst spillers alone, one occupancy step higher at a time, until they fit; then
                 # assemble the slab once more at that cap (and again if others still spill).
                 worst = [start + i for i in spilled_functions(r.log)[:PROBE_FUNCTIONS]]
                 cap = caps[-1]
-                while cap < 255:
+                while cap < MAX_REGISTERS_PER_THREAD:
                     cap = register_cap(s, at_least=cap + 1)
                     probe = assemble(probe_ptx(s, arch, worst or list(range(start, stop)), cap), arch=arch,
                                      name=f"probe-{name}", options=options)

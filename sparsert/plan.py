@@ -30,6 +30,8 @@ from .errors import OptionsError, WeightError
 from .options import KernelOptions
 
 SHARED_MEMORY_BYTES = 48 * 1024  # static shared memory a block may use without opt-in
+REGISTER_FILE = 65536  # 32-bit registers per SM, and per block, on every arch since sm_70
+MAX_REGISTERS_PER_THREAD = 255
 ACCUMULATOR_BUDGET = 64  # rows_per_block * vec: registers of accumulators per thread
 # Registers holding rows of B loaded ahead of use (prefetch * vec). 16 rows at vec 1 put the load
 # ~100 instructions before its first FFMA at 90% sparsity (checked on the SASS in the tests).

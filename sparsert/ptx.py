@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OptionsError
-from .plan import BlockWork, GroupWork, Schedule
+from .plan import MAX_REGISTERS_PER_THREAD, REGISTER_FILE, BlockWork, GroupWork, Schedule
 from .render import Unit, launch_units
 
 _MAX_IMM_OFFSET = 2**31 - 1  # PTX address immediates are signed 32-bit
@@ -92,7 +92,6 @@ def ptx_isa_version(arch: str) -> str:
     return _PTX_ISA.get(sm, "9.0")
 
 
-REGISTER_FILE = 65536  # 32-bit registers per SM on every arch since sm_70
 # Registers beyond accumulators and rows of B in flight: pointers, indices, predicates (measured
 # on the whole-kernel layout: 16 at vec 1, 22-29 at vec 2, 34-40 at vec 4); a clamped im2col tap adds
 # its pointer and mask (0-4 measured, 3 typical).
@@ -121,9 +120,9 @@ def register_cap(s: Schedule, *, at_least: int = 0) -> int:
     need = -(-max(need, at_least) // 8) * 8  # allocated per thread in steps of 8
     warps = -(-s.threads_x * s.groups // 32)
     blocks = REGISTER_FILE // (need * 32 * warps)
-    if blocks == 0 or need >= 255:
-        return 255
-    return min(255, max(need, REGISTER_FILE // (blocks * 32 * warps) // 8 * 8))
+    if blocks == 0 or need >= MAX_REGISTERS_PER_THREAD:
+        return MAX_REGISTERS_PER_THREAD
+    return min(MAX_REGISTERS_PER_THREAD, max(need, REGISTER_FILE // (blocks * 32 * warps) // 8 * 8))
 
 
 def _hex_words(bits: np.ndarray) -> list[str]:
@@ -135,7 +134,7 @@ def _hex_words(bits: np.ndarray) -> list[str]:
 class _Emitter:
     """Builds one slab's PTX. Holds the per-schedule templates; `slab()` returns the text."""
 
-    def __init__(self, s: Schedule, arch: str, max_registers: int = 255):
+    def __init__(self, s: Schedule, arch: str, max_registers: int = MAX_REGISTERS_PER_THREAD):
         why = unsupported(s)
         if why is not None:
             raise OptionsError(f"the PTX backend cannot render this schedule ({why}); use backend='nvrtc'")

@@ -39,7 +39,7 @@ from . import __version__
 from .config import settings
 from .errors import CompileError, OptionsError, SparsertError, ToolchainError
 from .options import VECTOR_WIDTHS, KernelOptions
-from .plan import SHARED_MEMORY_BYTES, choose_parameters, choose_prefetch
+from .plan import MAX_REGISTERS_PER_THREAD, REGISTER_FILE, SHARED_MEMORY_BYTES, choose_parameters, choose_prefetch
 
 FORMAT = 2  # 2: prefetch joined the searched fields
 DEFAULT_BUDGET = 24  # compiled candidates per search: compiles of unrolled kernels take seconds
@@ -47,8 +47,7 @@ DEFAULT_RTOL = 1e-4  # normwise relative error accepted against the float64 refe
 
 # Hardware limits (all NVIDIA GPUs sparsert targets, sm_70..sm_120):
 MAX_THREADS_PER_BLOCK = 1024
-REGISTERS_PER_BLOCK = 65536
-MAX_REGISTERS_PER_THREAD = 255
+REGISTERS_PER_BLOCK = REGISTER_FILE
 MAX_ACCUMULATORS = 128  # rows_per_block * vec accumulators per thread: beyond this ptxas spills
 # Registers besides the accumulators: vec B values, addresses, indices (a rough, conservative guess;
 # the compiled kernel's real count and spills are checked after ptxas).
