@@ -97,17 +97,18 @@ def ptx_isa_version(arch: str) -> str:
 # its pointer and mask (0-4 measured, 3 typical).
 _BASE_REGISTERS = {1: 16, 2: 24, 4: 36}
 _TAP_REGISTERS = 3
-# Few FMAs per row of B loaded (95% sparse: ~3.3 at 64 rows, against ~6.4 at 90%) and the function
-# layout needs more: 85 of the 96 DLMC Transformer layers at 95% spilled at 96 registers and fit
-# at 126, where those at 90% fit. Below this ratio the first cap starts one step up.
+# Few FMAs per row of B loaded (about rows x density: 3.2 at 95% sparse and 64 rows, 6.4 at 90%)
+# and the function layout needs more: 85 of the 96 DLMC Transformer layers at 95% spilled at 96
+# registers and fit at 126 (results/history/compile_time-dlmc-first-cap-96.json), where 10 of 96
+# at 90% did. Below this ratio the first cap starts one step up.
 _SPARSE_PIPELINE_FMAS = 5.0
 _SPARSE_PIPELINE_REGISTERS = 8
 
 
 def register_cap(s: Schedule, *, at_least: int = 0) -> int:
     """The entry's `.maxnreg`. In whole-program mode ptxas sizes a lone kernel by itself, but a
-    kernel that calls functions may take up to 255 (measured: 149 where the lone kernel of the
-    default schedule used 96), which would cut occupancy. The cap is the schedule's estimated need
+    kernel that calls functions may take up to 255 (measured during development: 149 where the
+    lone kernel of the default schedule used 96), which would cut occupancy. The cap is the schedule's estimated need
     (at least `at_least`), raised to the most registers that keep the same number of resident
     blocks per SM: headroom that costs no occupancy."""
     v = s.vec
