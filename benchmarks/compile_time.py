@@ -133,10 +133,12 @@ def run_case(case: dict, *, backend: str, arch: str, jobs: int | None, max_slab_
         "ptx_bytes": sum(a.info.get("ptx_bytes", 0) for a in arts),
         "cubin_bytes": sum(len(a.binary) for a in arts),
         "registers": max((a.info.get("registers") or 0) for a in arts),
-        # PTX backend: ptxas threads per slab, and assemblies (more than one per slab: a cap raised)
-        "ptxas_threads": max((a.info.get("ptxas_threads") or 1) for a in arts),
-        "ptxas_runs": sum(len(a.info.get("register_caps") or [1]) for a in arts),
-        "probe_runs": sum(len(a.info.get("probe_caps") or []) for a in arts),  # spilled functions alone
+        # PTX backend: relocatable objects per slab, ptxas processes (objects + refits + entries),
+        # and refits: a function that spilled under the first cap, assembled again alone
+        "objects": sum(len(a.info.get("objects") or []) for a in arts),
+        "ptxas_runs": sum(a.info.get("ptxas_runs") or 1 for a in arts),
+        "refits": sum(a.info.get("refits") or 0 for a in arts),
+        "refit_functions": sum(len(a.info.get("replaced") or []) for a in arts),
         "spill_bytes": sum((a.info.get("spill_stores") or 0) + (a.info.get("spill_loads") or 0) for a in arts),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_child_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,

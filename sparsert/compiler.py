@@ -2,22 +2,24 @@
 
 Three ways to build a unit (one slab):
 
-* 'ptx' (CUDA, default where ptxas is installed): ptx.render_ptx writes the slab as PTX (one
-  function per thread block) and the ptxas executable assembles it, its functions on parallel
-  threads (--split-compile). No NVVM: about half of NVRTC's time goes there. Its cache key is
-  the schedule's digest + slab index + the emitter's own hash, so a warm cache renders nothing.
+* 'ptx' (CUDA, default where ptxas is installed): ptx.py writes the slab as relocatable PTX
+  objects (a function per thread block, and the entry), ptxas assembles them in parallel and
+  nvlink links them into one CUBIN. No NVVM: about half of NVRTC's time goes there. Its cache key
+  is the schedule's digest + slab index + the emitter's own hash, so a warm cache renders nothing.
 * 'nvrtc' (CUDA): the CUDA C++ unit through NVRTC (NVVM + ptxas in-process).
 * 'hipcc' (HIP): the HIP unit through hipcc.
 
 Slabs build in parallel in a thread pool of `jobs` workers (SPARSERT_JOBS, default: the cores).
 ptxas and hipcc are subprocesses, so threads run them truly in parallel without pickling slabs
 across processes; NVRTC runs through ctypes with the GIL released, though it serialises partly
-inside (measured 1.4x with 2 threads; benchmarks/COMPILE_TIME.md). Each ptxas run also gets
-jobs // (slabs built at once) threads: all `jobs` for a kernel of one slab.
+inside (measured 1.4x with 2 threads; benchmarks/COMPILE_TIME.md). A PTX slab splits into as
+many objects as there are cores (ptx.object_parts), and one semaphore keeps the ptxas processes
+of all slabs to `jobs`, so a kernel of one slab uses every core too.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -36,7 +38,6 @@ NVRTC_OPTIONS = ("--ftz=false", "--prec-div=true", "--fmad=true")  # exact IEEE;
 # 65-78% of the -O3 time, with the same instructions (benchmarks/results/compile_probe.md).
 PTXAS_OPTIONS = ("-Ofc", "min")
 BACKENDS = ("ptx", "nvrtc")
-PROBE_FUNCTIONS = 8  # the worst-spilling functions a register probe assembles (compiler.UnitBuild)
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,9 @@ def compiler_version(target: str, backend: str = "nvrtc") -> str:
 
         return hipcc_version()
     if backend == "ptx":
-        from .ptxas import ptxas_version
+        from .ptxas import nvlink_version, ptxas_version
 
-        return ptxas_version()
+        return f"{ptxas_version()} + {nvlink_version()}"
     from .nvrtc import nvrtc_version
 
     return "nvrtc %d.%d" % nvrtc_version()
@@ -98,9 +99,15 @@ class UnitBuild:
 
     def __init__(self, unit: Unit, *, target: str, arch: str, cache: KernelCache | None,
                  backend: str = "nvrtc", schedule: Schedule | None = None,
-                 options: Sequence[str] | None = None, threads: int = 1):
+                 options: Sequence[str] | None = None, threads: int = 1,
+                 gate: threading.Semaphore | None = None):
         self.unit = unit
-        self.threads = threads  # ptxas --split-compile: changes the time, not the code (not keyed)
+        # PTX backend: objects assembled at once (ptx.object_parts), and the semaphore that bounds
+        # ptxas processes across every slab being built. They change the time and the ELF
+        # layout, not the functions' code (not keyed).
+        self.threads = threads
+        self.ptxas_threads = threads  # --split-compile budget of this slab's objects together
+        self.gate = gate or threading.Semaphore(max(1, threads))
         self.target = target
         self.arch = arch
         self.cache = cache
@@ -136,42 +143,7 @@ class UnitBuild:
 
     def build(self) -> Artifact:
         if self.backend == "ptx":
-            from .ptx import probe_ptx, register_cap, render_ptx, spilled_functions
-            from .ptxas import assemble
-
-            s, arch, index = self.schedule, self.arch, self.unit.index
-            options = self.options + (("--split-compile", str(self.threads)) if self.threads > 1 else ())
-            name = f"{self.unit.kernel_name}.ptx"
-            t0 = time.perf_counter()
-            text = render_ptx(s, arch, slabs=(index,))[0].source
-            rendered = time.perf_counter() - t0
-            r = assemble(text, arch=arch, name=name, options=options)
-            caps, probes, assembled = [register_cap(s)], [], r.seconds
-            start, stop = s.slabs[index]
-            while (r.spill_stores or r.spill_loads) and caps[-1] < MAX_REGISTERS_PER_THREAD:
-                # The cap is an estimate. ptxas allocates each function on its own, so probe the
-                # worst spillers alone, one occupancy step higher at a time, until they fit; then
-                # assemble the slab once more at that cap (and again if others still spill).
-                worst = [start + i for i in spilled_functions(r.log)[:PROBE_FUNCTIONS]]
-                cap = caps[-1]
-                while cap < MAX_REGISTERS_PER_THREAD:
-                    cap = register_cap(s, at_least=cap + 1)
-                    probe = assemble(probe_ptx(s, arch, worst or list(range(start, stop)), cap), arch=arch,
-                                     name=f"probe-{name}", options=options)
-                    probes.append(cap)
-                    assembled += probe.seconds
-                    if not (probe.spill_stores or probe.spill_loads):
-                        break
-                t0 = time.perf_counter()
-                text = render_ptx(s, arch, slabs=(index,), max_registers=cap)[0].source
-                rendered += time.perf_counter() - t0
-                r = assemble(text, arch=arch, name=name, options=options)
-                caps.append(cap)
-                assembled += r.seconds
-            info = self._info(r, "ptx") | {"compile_seconds": assembled, "render_seconds": rendered,
-                                           "ptx_bytes": len(text), "register_caps": caps,
-                                           "probe_caps": probes, "ptxas_threads": self.threads}
-            return Artifact(binary=r.cubin, info=info)
+            return self._build_ptx()
         if self.backend == "nvrtc":
             from .nvrtc import compile_cuda
 
@@ -184,6 +156,76 @@ class UnitBuild:
         info = {"registers": None, "spill_stores": None, "spill_loads": None,
                 "compile_seconds": r.seconds, "log": r.log, "backend": "hipcc"}
         return Artifact(binary=r.code_object, info=info)
+
+    def _assemble(self, obj, split: int = 1):
+        """One relocatable object, under its cap, on `split` ptxas threads (--split-compile: its
+        functions in parallel); at most `gate` ptxas processes run at once."""
+        from .ptxas import assemble
+
+        options = (self.options + ("-c",) + (("-maxrregcount", str(obj.max_registers)) if obj.max_registers else ())
+                   + (("--split-compile", str(split)) if split > 1 else ()))
+        with self.gate:
+            return assemble(obj.source, arch=self.arch, name=f"{obj.name}.ptx", options=options)
+
+    def _build_ptx(self) -> Artifact:
+        """The slab as relocatable objects (ptx.py): function objects under register_cap, then
+        each function that still spills alone, one occupancy step higher at a time until it fits
+        (the entry calls that copy; nvlink drops the spilling one), then nvlink. The entry is
+        assembled beside the functions, betting on no refit; a refit assembles it again."""
+        from .ptx import (entry_object, function_objects, function_spills, join_objects, object_parts,
+                          register_cap, replacement_object)
+        from .ptxas import link
+
+        s, arch, index = self.schedule, self.arch, self.unit.index
+        t0 = time.perf_counter()
+        ranges = object_parts(s, index, self.threads)
+        objects = function_objects(s, arch, index, ranges)
+        entry = entry_object(s, arch, index)
+        rendered = time.perf_counter() - t0
+        split = max(1, self.ptxas_threads // len(objects))  # a slab of fewer objects than cores
+        with ThreadPoolExecutor(max_workers=max(1, min(self.threads, len(objects) + 1))) as pool:
+            entry_job = pool.submit(self._assemble, entry)
+            results = list(pool.map(lambda o: self._assemble(o, split), objects))
+            entry_r = entry_job.result()
+            spills = {i: n for r in results for i, n in function_spills(r.log).items()}
+            base = register_cap(s)
+
+            def refit(block: int):
+                cap, tries = base, []
+                while cap < MAX_REGISTERS_PER_THREAD:
+                    cap = register_cap(s, at_least=cap + 1)
+                    obj = replacement_object(s, arch, index, block, cap)
+                    r = self._assemble(obj)
+                    tries.append(r)
+                    if not (r.spill_stores or r.spill_loads):
+                        break
+                return block, cap, obj, r, tries
+
+            refits = list(pool.map(refit, sorted(spills)))
+        replaced = {b: cap for b, cap, _, _, _ in refits}
+        runs = results + [t for *_, tries in refits for t in tries] + [entry_r]
+        if replaced:
+            t1 = time.perf_counter()
+            entry = entry_object(s, arch, index, replaced)
+            rendered += time.perf_counter() - t1
+            entry_r = self._assemble(entry)
+            runs.append(entry_r)
+        final = list(zip(objects, results)) + [(obj, r) for _, _, obj, r, _ in refits] + [(entry, entry_r)]
+        linked = link([(o.name, r.cubin) for o, r in final], arch=arch, name=f"{self.unit.kernel_name}.cubin")
+        # spills left in the kernel: those of the functions it calls (a spilling original is dropped)
+        left = [r for b, _, _, r, _ in refits if r.spill_stores or r.spill_loads]
+        stores = sum(r.spill_stores or 0 for r in left)
+        loads = sum(r.spill_loads or 0 for r in left)
+        log = "".join(r.log for r in runs) + linked.log
+        info = {"registers": linked.registers, "spill_stores": stores, "spill_loads": loads,
+                "compile_seconds": sum(r.seconds for r in runs) + linked.seconds, "log": log,
+                "backend": "ptx", "render_seconds": rendered,
+                "ptx_bytes": len(join_objects([o for o, _ in final])),  # as kernel.ptx shows them
+                "register_cap": base, "objects": [list(r) for r in ranges],
+                "replaced": sorted([b, cap] for b, cap in replaced.items()),  # JSON: no int keys
+                "refits": sum(len(tries) for *_, tries in refits),
+                "ptxas_runs": len(runs), "threads": self.threads, "split_compile": split}
+        return Artifact(binary=linked.cubin, info=info)
 
     @staticmethod
     def _info(r, backend: str) -> dict:
@@ -235,8 +277,10 @@ def compile_units(units: Sequence[Unit], *, target: str, arch: str, use_cache: b
             progress(done, len(builds), results[i])
     cores = max(1, jobs or s.jobs)
     jobs = max(1, min(cores, len(todo) or 1))
-    for i in todo:  # ptxas assembles a slab's functions on threads: the cores no other slab uses
-        builds[i].threads = max(1, cores // jobs)
+    if kind == "ptx":  # each slab fans its objects out to every core; one gate bounds ptxas runs,
+        gate = threading.Semaphore(cores)  # and a slab's objects share the cores no other slab uses
+        for i in todo:
+            builds[i].threads, builds[i].gate, builds[i].ptxas_threads = cores, gate, max(1, cores // jobs)
     if jobs == 1:
         for i in todo:
             results[i] = builds[i].load()

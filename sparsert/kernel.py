@@ -134,15 +134,17 @@ class SparseKernel:
 
     @property
     def ptx(self) -> tuple[str, ...] | None:
-        """Per slab, the PTX its CUBIN was assembled from (PTX backend); None otherwise. The CUDA
-        `source` computes the same numbers bit for bit (tests/test_compile_time.py)."""
+        """Per slab, the PTX objects its CUBIN was linked from (PTX backend), as one text: each
+        object starts with a `// ==== object <name>.ptx: ptxas -c ...` line (ptx.split_objects);
+        None for other backends. The CUDA `source` computes the same numbers bit for bit
+        (tests/test_compile_time.py)."""
         if self.backend != "ptx":
             return None
         from .ptx import render_ptx
 
-        # a slab whose first register cap spilled was assembled under a higher one (compiler.py)
-        return tuple(render_ptx(self.schedule, self.arch, slabs=(i,),
-                                max_registers=(a.info.get("register_caps") or [None])[-1])[0].source
+        # the objects as compiler.py built them: its partition, and the functions it re-assembled
+        return tuple(render_ptx(self.schedule, self.arch, slabs=(i,), ranges=[a.info.get("objects")],
+                                replaced=[{b: c for b, c in a.info.get("replaced") or []}])[0].source
                      for i, a in enumerate(self.artifacts))
 
     def sass_stats(self):

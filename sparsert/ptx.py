@@ -1,12 +1,13 @@
-"""Schedule -> PTX, one module per slab: the unrolled body written straight in PTX (no NVVM).
+"""Schedule -> PTX: the unrolled body written straight in PTX (no NVVM), as relocatable objects.
 
 A slab (one launch) is an entry that calls the `.func` of its thread block (blockIdx.x picks
-it): ptxas assembles a module's functions on parallel threads (`--split-compile`), and its time
-grows faster than linearly with the size of one function, so a function per block keeps a big
-launch both fast to build and a single kernel. The functions are `.noreturn` (they `exit`), so
-the call saves no registers, and the entry's `.maxnreg` (register_cap) holds them to the
-occupancy the schedule needs: uncapped, ptxas gives functions far more registers than a lone
-kernel would use.
+it). The functions live in relocatable objects (ptxas -c, several assembled at once) and nvlink
+links them with the entry's object into one CUBIN: ptxas's time grows faster than linearly with
+the size of one function, so a function per block keeps a big launch both fast to build and a
+single kernel. The functions are `.noreturn` (they `exit`), so the call saves no registers; each
+object is held by -maxrregcount to register_cap, the occupancy the schedule needs (uncapped,
+ptxas gives functions far more registers than a lone kernel would use). A function that spills
+anyway is assembled again alone under a higher cap and renamed; the entry calls that copy.
 
 The CUDA path (render.py -> NVRTC) spends about half its time in NVVM turning a long, flat
 program into PTX that is already nearly a 1:1 listing of the source. This emitter writes that
@@ -35,9 +36,10 @@ a kernel that ignores it.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -135,13 +137,12 @@ def _hex_words(bits: np.ndarray) -> list[str]:
 class _Emitter:
     """Builds one slab's PTX. Holds the per-schedule templates; `slab()` returns the text."""
 
-    def __init__(self, s: Schedule, arch: str, max_registers: int = MAX_REGISTERS_PER_THREAD):
+    def __init__(self, s: Schedule, arch: str):
         why = unsupported(s)
         if why is not None:
             raise OptionsError(f"the PTX backend cannot render this schedule ({why}); use backend='nvrtc'")
         self.s = s
         self.arch = arch
-        self.max_registers = max_registers
         v = s.vec
         self.row_bytes = 4 * s.n  # one row of B, C or R
         self.red_bytes = 4 * v  # one thread's slot in shared memory
@@ -368,15 +369,21 @@ class _Emitter:
                     self._store(i, row, out)
             out.append("\texit;\n")
 
-    # -- the module -------------------------------------------------------------------------
-    def _function(self, name: str, block: BlockWork, shared: str, out: list[str]) -> None:
-        """One block's work as a `.func`: ptxas assembles the functions of a module on parallel
-        threads (--split-compile), so a slab of many blocks is one launch built on every core.
-        `.noreturn` (it ends in `exit`): a caller that never resumes needs no registers saved, so
-        the call costs no stack frame and no spill (without it ptxas saved ~45 registers)."""
+    # -- the objects ------------------------------------------------------------------------
+    def _params(self) -> list[tuple[str, str]]:
+        """A block function's parameters: B, C (, R) and, with thread groups, S: the shared-memory
+        address of the kernel's reduction buffer. The entry owns the buffer and passes it, so no
+        object but the entry's names a shared symbol."""
+        s = self.s
+        return ([("B", "u64"), ("C", "u64")] + ([("R", "u64")] if s.residual else [])
+                + ([("S", "u32")] if s.groups > 1 else []))
+
+    def _function(self, name: str, block: BlockWork, out: list[str]) -> None:
+        """One block's work as a `.visible .func` of a relocatable object. `.noreturn` (it ends in
+        `exit`): a caller that never resumes needs no registers saved, so the call costs no stack
+        frame and no spill (without it ptxas saved ~45 registers)."""
         s, v = self.s, self.s.vec
-        params = ["B", "C"] + (["R"] if s.residual else [])
-        out.append(f".func {name}(\n" + ",\n".join(f"\t.param .u64 {name}_{p}" for p in params)
+        out.append(f".visible .func {name}(\n" + ",\n".join(f"\t.param .{w} {name}_{p}" for p, w in self._params())
                    + "\n) .noreturn\n{\n")
         out.append("\t.reg .pred \t%p<3>;\n\t.reg .b32 \t%r<24>;\n\t.reg .b64 \t%rd<16>;\n"
                    f"\t.reg .f32 \t%a<{max(1, s.rows_per_block * v)}>;\n"
@@ -410,79 +417,184 @@ class _Emitter:
             out.append(f"\tld.param.u64 \t%rd10, [{name}_R];\n\tcvta.to.global.u64 \t%rd10, %rd10;\n"
                        "\tadd.s64 \t%rd3, %rd10, %rd8;\n")
         if s.groups > 1:
-            out.append(f"\tmov.u32 \t%r20, {shared};\n"
+            out.append(f"\tld.param.u32 \t%r20, [{name}_S];\n"
                        f"\tmad.lo.s32 \t%r20, %r1, {self.red_bytes}, %r20;\n")
         self._block(block, out)
         out.append("}\n\n")
 
-    def slab(self, index: int, name: str) -> str:
-        """The module of one slab (one launch): a `.func` per block, and the entry `name`, which
-        calls the function of its blockIdx.x (a binary search: log2(blocks) uniform branches)."""
+    def _header(self, what: str) -> str:
         s = self.s
-        start, stop = s.slabs[index]
-        blocks = s.blocks[start:stop]
-        return self.module(name, blocks, f"slab {index + 1}/{len(s.slabs)} of", f"blocks {start}..{stop - 1}")
+        return (f"// Generated by sparsert (PTX emitter {emitter_digest()}): {what}\n"
+                f"// {s.m} x {s.k} sparse ({s.nnz} nonzeros) @ {s.k} x {s.n} dense; schedule "
+                f"{s.threads_x} x {s.vec} columns, {s.groups} group(s), {s.rows_per_block} rows per "
+                f"block, {s.prefetch} rows of B in flight\n"
+                f".version {ptx_isa_version(self.arch)}\n.target {self.arch}\n.address_size 64\n\n")
 
-    def module(self, name: str, blocks, what: str, which: str) -> str:
-        s, v = self.s, self.s.vec
-        nnz = sum(b.nnz for b in blocks)
+    def functions(self, blocks: Sequence[tuple[str, BlockWork]], what: str) -> str:
+        """A relocatable object defining one `.func` per (name, block)."""
+        nnz = sum(b.nnz for _, b in blocks)
+        out = [self._header(f"{what}; {len(blocks)} function(s), {nnz} nonzeros")]
+        for fn, block in blocks:
+            self._function(fn, block, out)
+        return "".join(out)
+
+    def entry(self, kernel: str, callees: Sequence[str], what: str) -> str:
+        """The entry's object: it owns the split-K reduction buffer and calls the function of its
+        blockIdx.x (a binary search: log2(blocks) uniform branches). No `.maxnreg`: each function
+        object is held to its cap by ptxas, and nvlink gives the kernel the most any callee uses."""
+        s = self.s
         params = ["B", "C"] + (["R"] if s.residual else [])
-        shared = f"{name}_red"
-        out = [
-            f"// Generated by sparsert (PTX emitter {emitter_digest()}): {what}\n"
-            f"// {s.m} x {s.k} sparse ({s.nnz} nonzeros) @ {s.k} x {s.n} dense; {which}, "
-            f"{nnz} nonzeros; schedule {s.threads_x} x {v} columns, {s.groups} group(s), "
-            f"{s.rows_per_block} rows per block, {s.prefetch} rows of B in flight\n",
-            f".version {ptx_isa_version(self.arch)}\n.target {self.arch}\n"
-            ".address_size 64\n\n",
-        ]
+        args = [f"%rd{i + 1}" for i in range(len(params))] + (["%r2"] if s.groups > 1 else [])
+        plist = ", ".join(f".param .{w} {p}" for p, w in self._params())
+        out = [self._header(what)]
         if s.groups > 1:
-            out.append(f".shared .align 16 .b8 \t{shared}[{s.shared_floats * 4}];\n\n")
-        functions = [f"{name}_b{i}" for i in range(len(blocks))]
-        for fn, block in zip(functions, blocks):
-            self._function(fn, block, shared, out)
-        out.append(f".visible .entry {name}(\n" + ",\n".join(f"\t.param .u64 {name}_{p}" for p in params)
-                   + f"\n)\n.maxntid {s.threads_x * s.groups}, 1, 1\n.maxnreg {self.max_registers}\n{{\n"
+            out.append(f".shared .align 16 .b8 \t{kernel}_red[{s.shared_floats * 4}];\n\n")
+        out.extend(f".extern .func {fn}({plist}) .noreturn;\n" for fn in callees)
+        out.append(f"\n.visible .entry {kernel}(\n" + ",\n".join(f"\t.param .u64 {kernel}_{p}" for p in params)
+                   + f"\n)\n.maxntid {s.threads_x * s.groups}, 1, 1\n{{\n"
                    "\t.reg .pred \t%p<3>;\n\t.reg .b32 \t%r<4>;\n\t.reg .b64 \t%rd<4>;\n")
         for i, p in enumerate(params):
-            out.append(f"\tld.param.u64 \t%rd{i + 1}, [{name}_{p}];\n")
+            out.append(f"\tld.param.u64 \t%rd{i + 1}, [{kernel}_{p}];\n")
+        if s.groups > 1:
+            out.append(f"\tmov.u32 \t%r2, {kernel}_red;\n")
         out.append("\tmov.u32 \t%r3, %ctaid.x;\n")
-        labels = [f"$C{i}" for i in range(len(blocks))]
+        labels = [f"$C{i}" for i in range(len(callees))]
         self._dispatch("%r3", labels, out, "$D", True)
-        args = [f"%rd{i + 1}" for i in range(len(params))]
-        for label, fn in zip(labels, functions):
+        widths = [w for _, w in self._params()]
+        for label, fn in zip(labels, callees):
             out.append(f"{label}:\n\t{{\n")
-            out.append("".join(f"\t.param .u64 \targ{i};\n\tst.param.u64 \t[arg{i}], {a};\n"
-                               for i, a in enumerate(args)))
+            out.append("".join(f"\t.param .{w} \targ{i};\n\tst.param.{w} \t[arg{i}], {a};\n"
+                               for i, (a, w) in enumerate(zip(args, widths))))
             out.append(f"\tcall.uni \t{fn}, ({', '.join(f'arg{i}' for i in range(len(args)))});\n\t}}\n")
         out.append("}\n")
         return "".join(out)
 
 
-def probe_ptx(s: Schedule, arch: str, blocks: Sequence[int], max_registers: int) -> str:
-    """A module of only the given blocks (indices into s.blocks) under `max_registers`: ptxas
-    allocates each function on its own, so this finds the cap a slab needs for its spilling
-    functions without assembling the whole slab again."""
-    em = _Emitter(s, arch, max_registers=max_registers)
-    return em.module("probe", [s.blocks[i] for i in blocks], "register probe of",
-                     f"blocks {', '.join(map(str, blocks))}")
+# -- a slab as relocatable objects --------------------------------------------------------------
+# A slab (one launch) is assembled as relocatable objects (ptxas -c) linked by nvlink: objects of
+# the blocks' functions, each held to the schedule's register cap, and the entry. A function that
+# still spills is assembled once more alone, renamed `<kernel>_b<i>_r<cap>`, under a higher cap; the
+# entry calls that one and nvlink drops the spilling original, so a wrong register estimate costs
+# one function's assembly, not the slab's.
+OBJECT_FMAS = 16384  # FMAs per function object at least (about 0.7 s of ptxas): fewer processes
+OBJECT_SEPARATOR = "// ==== object "  # starts each object where a slab's objects are shown as one text
+
+
+@dataclass(frozen=True)
+class PtxObject:
+    name: str  # file stem; also the text after OBJECT_SEPARATOR
+    source: str
+    max_registers: int | None  # ptxas -maxrregcount; None for the entry (nvlink sizes the kernel)
+    blocks: tuple[int, ...]  # the slab-local block indices whose functions it defines
+
+
+def object_parts(s: Schedule, index: int, parts: int) -> tuple[tuple[int, int], ...]:
+    """Slab-local block ranges for `parts` function objects (fewer where blocks are few or small),
+    as even in nonzeros as possible."""
+    start, stop = s.slabs[index]
+    nnz = np.array([max(1, b.nnz) for b in s.blocks[start:stop]], dtype=np.int64)
+    want = max(1, min(len(nnz), parts, -(-int(nnz.sum()) // OBJECT_FMAS)))
+    # cut where the running total is nearest each 1/want of the whole, one block at least apiece
+    ends = np.cumsum(nnz)
+    cuts = [0]
+    for j in range(1, want):
+        c = int(np.abs(ends - ends[-1] * j / want).argmin()) + 1
+        cuts.append(min(max(c, cuts[-1] + 1), len(nnz) - (want - j)))
+    cuts.append(len(nnz))
+    return tuple((a, b) for a, b in zip(cuts, cuts[1:]))
+
+
+def _kernel_name(s: Schedule, index: int) -> str:
+    return launch_units(s)[index].kernel_name
+
+
+Ranges = Sequence[Sequence[int]]  # slab-local (first, stop) block ranges, one per function object
+
+
+def function_objects(s: Schedule, arch: str, index: int, ranges: Ranges | None = None) -> tuple[PtxObject, ...]:
+    """The slab's block functions in objects of the given ranges (None: one object), each under
+    register_cap(s)."""
+    em, kernel, cap = _Emitter(s, arch), _kernel_name(s, index), register_cap(s)
+    start = s.slabs[index][0]
+    out = []
+    for lo, hi in (object_parts(s, index, 1) if ranges is None else ranges):
+        blocks = [(f"{kernel}_b{i}", s.blocks[start + i]) for i in range(lo, hi)]
+        out.append(PtxObject(f"{kernel}_o{lo}", em.functions(blocks, f"blocks {lo}..{hi - 1} of "
+                                                            f"slab {index + 1}/{len(s.slabs)}"),
+                             cap, tuple(range(lo, hi))))
+    return tuple(out)
+
+
+def replacement_object(s: Schedule, arch: str, index: int, block: int, cap: int) -> PtxObject:
+    """Slab-local block `block`'s function alone, renamed for `cap` (its object's cap spilled)."""
+    kernel = _kernel_name(s, index)
+    name = f"{kernel}_b{block}_r{cap}"
+    text = _Emitter(s, arch).functions([(name, s.blocks[s.slabs[index][0] + block])],
+                                       f"block {block} of slab {index + 1}/{len(s.slabs)} under {cap} registers")
+    return PtxObject(name, text, cap, (block,))
+
+
+def entry_object(s: Schedule, arch: str, index: int, replaced: Mapping[int, int] | None = None) -> PtxObject:
+    """The slab's entry, calling each block's function (its replacement where `replaced` maps the
+    slab-local block to the cap it was re-assembled under)."""
+    kernel, (start, stop) = _kernel_name(s, index), s.slabs[index]
+    replaced = replaced or {}
+    callees = [f"{kernel}_b{i}" + (f"_r{replaced[i]}" if i in replaced else "") for i in range(stop - start)]
+    text = _Emitter(s, arch).entry(kernel, callees, f"entry of slab {index + 1}/{len(s.slabs)} "
+                                                    f"(blocks {start}..{stop - 1})")
+    return PtxObject(kernel, text, None, ())
+
+
+def slab_objects(s: Schedule, arch: str, index: int, *, ranges: Ranges | None = None,
+                 replaced: Mapping[int, int] | None = None) -> tuple[PtxObject, ...]:
+    """Every object the slab links, in link order: function objects, replacements, the entry."""
+    replaced = replaced or {}
+    return (function_objects(s, arch, index, ranges)
+            + tuple(replacement_object(s, arch, index, b, c) for b, c in sorted(replaced.items()))
+            + (entry_object(s, arch, index, replaced),))
+
+
+def join_objects(objects: Sequence[PtxObject]) -> str:
+    """A slab's objects as one text (kernel.ptx): each starts with an OBJECT_SEPARATOR line."""
+    return "".join(f"{OBJECT_SEPARATOR}{o.name}.ptx: ptxas -c"
+                   + (f" -maxrregcount {o.max_registers}" if o.max_registers else "")
+                   + " ====\n" + o.source for o in objects)
+
+
+def split_objects(text: str) -> list[tuple[str, str]]:
+    """(file name, PTX) per object of a join_objects text."""
+    out = []
+    for chunk in text.split(OBJECT_SEPARATOR)[1:]:
+        head, _, body = chunk.partition("\n")
+        out.append((head.split(":", 1)[0], body))
+    return out
+
+
+def function_spills(log: str) -> dict[int, int]:
+    """Spilled bytes (stores + loads) of each `<kernel>_b<i>` function a ptxas -v log reports
+    spilling, keyed by i."""
+    found = re.findall(r"Function properties for \S+_b(\d+)\n\s*\d+ bytes stack frame, (\d+) bytes spill "
+                       r"stores, (\d+) bytes spill loads", log)
+    return {int(i): int(st) + int(ld) for i, st, ld in found if int(st) or int(ld)}
 
 
 def spilled_functions(log: str) -> list[int]:
-    """Indices (within the module) of the `<name>_b<i>` functions ptxas -v reports spilling,
-    the most spilled bytes first."""
-    found = re.findall(r"Function properties for \S+_b(\d+)\n\s*\d+ bytes stack frame, (\d+) bytes spill "
-                       r"stores, (\d+) bytes spill loads", log)
-    spilled = {int(i): int(st) + int(ld) for i, st, ld in found if int(st) or int(ld)}
+    """Indices of the `<kernel>_b<i>` functions the log reports spilling, the most spilled first."""
+    spilled = function_spills(log)
     return sorted(spilled, key=lambda i: (-spilled[i], i))
 
 
 def render_ptx(s: Schedule, arch: str, slabs: tuple[int, ...] | None = None, *,
-               max_registers: int | None = None) -> tuple[Unit, ...]:
-    """PTX units for the schedule's slabs (all, or the given indices): same names and launch
-    geometry as render.render(s). Deterministic: same schedule and arch, same bytes.
-    `max_registers`: the entries' `.maxnreg` (None: register_cap(s); raised where ptxas spilled)."""
-    em = _Emitter(s, arch, max_registers=register_cap(s) if max_registers is None else max_registers)
+               ranges: Sequence[Ranges | None] | None = None,
+               replaced: Sequence[Mapping[int, int] | None] | None = None) -> tuple[Unit, ...]:
+    """PTX units for the schedule's slabs (all, or the given indices): each unit's source is the
+    slab's objects as one text (join_objects); same names and launch geometry as
+    render.render(s). Deterministic: same schedule, arch, ranges and replacements, same bytes.
+    `ranges` and `replaced`: per listed slab, as compiler.py built it (None: one function object,
+    nothing replaced)."""
     geometry = launch_units(s)
-    return tuple(dataclasses.replace(geometry[i], source=em.slab(i, geometry[i].kernel_name))
-                 for i in (range(len(s.slabs)) if slabs is None else slabs))
+    which = tuple(range(len(s.slabs)) if slabs is None else slabs)
+    ranges = list(ranges) if ranges is not None else [None] * len(which)
+    replaced = list(replaced) if replaced is not None else [None] * len(which)
+    return tuple(dataclasses.replace(geometry[i], source=join_objects(slab_objects(s, arch, i, ranges=g, replaced=r)))
+                 for i, g, r in zip(which, ranges, replaced))

@@ -1,10 +1,11 @@
-"""The ptxas executable: PTX text -> CUBIN, one subprocess per slab (so slabs assemble in parallel).
+"""The ptxas and nvlink executables: PTX text -> relocatable objects -> one CUBIN per slab.
 
-ptxas comes from the ``nvidia-cuda-nvcc`` wheel (``nvidia/cu13/bin/ptxas``), else PATH, else
-SPARSERT_PTXAS. It runs in whole-program mode, exactly like the ptxas inside NVRTC, so register
-allocation matches the NVRTC path. (nvJitLink, the in-process alternative, always assembles
-relocatable code, and there ptxas gives a big kernel all 255 registers: measured 255 against 141
-for the same PTX, which would cut occupancy.)
+Both come from the ``nvidia-cuda-nvcc`` wheel (``nvidia/cu13/bin``), else PATH; SPARSERT_PTXAS
+names another ptxas, and nvlink is then taken from beside it (the same release). Every call is a
+subprocess, so objects assemble truly in parallel on threads. Each relocatable object is assembled
+under an explicit -maxrregcount: uncapped, relocatable code gets all 255 registers (measured 255
+against 141 for the same PTX), which would cut occupancy. nvlink gives a kernel the most
+registers any function it calls uses, and drops functions nothing calls.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -21,7 +23,7 @@ from .errors import CompileError, OptionsError, ToolchainError
 from .nvrtc import ARCH_RE, parse_ptxas_log
 from .sass import find_tool
 
-__all__ = ["PtxasResult", "assemble", "find_ptxas", "ptxas_version"]
+__all__ = ["LinkResult", "PtxasResult", "assemble", "find_nvlink", "find_ptxas", "link", "ptxas_version", "nvlink_version"]
 
 _INSTALL_HINT = "pip install nvidia-cuda-nvcc"
 _LOG_HEAD_LINES = 40
@@ -59,6 +61,29 @@ def ptxas_version() -> str:
     return _version(_exe())
 
 
+def find_nvlink() -> str | None:
+    """nvlink beside the ptxas in use (the same release), else the wheel's, else PATH."""
+    ptxas = find_ptxas()
+    if ptxas:
+        beside = os.path.join(os.path.dirname(ptxas), "nvlink")
+        if os.path.isfile(beside) and os.access(beside, os.X_OK):
+            return beside
+    return find_tool("nvlink")
+
+
+def _nvlink() -> str:
+    exe = find_nvlink()
+    if exe is None:
+        raise ToolchainError(f"`nvlink` not found (neither beside ptxas, in the nvidia pip wheels nor on "
+                             f"PATH); install it with `{_INSTALL_HINT}` or use backend='nvrtc'")
+    return exe
+
+
+def nvlink_version() -> str:
+    """'nvlink 13.5.37': with ptxas_version, part of the cache key of every PTX-backend kernel."""
+    return _version(_nvlink()).replace("ptxas", "nvlink", 1)
+
+
 @dataclass(frozen=True)
 class PtxasResult:
     cubin: bytes
@@ -70,35 +95,86 @@ class PtxasResult:
     seconds: float
 
 
+def _check_arch(arch) -> None:
+    if not isinstance(arch, str) or not ARCH_RE.match(arch):
+        raise OptionsError(f"arch={arch!r}: expected a real CUDA architecture such as 'sm_90'")
+
+
+def _run(cmd: list[str], name: str, what: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise ToolchainError(f"{name}: {what} timed out after {_TIMEOUT_S} s") from exc
+    except OSError as exc:
+        raise ToolchainError(f"{name}: cannot run {cmd[0]}: {exc}") from exc
+
+
+def _log_head(log: str) -> str:
+    lines = log.splitlines()
+    more = f"\n... ({len(lines) - _LOG_HEAD_LINES} more log lines)" if len(lines) > _LOG_HEAD_LINES else ""
+    return "\n".join(lines[:_LOG_HEAD_LINES]) + more
+
+
 def assemble(ptx: str, *, arch: str, name: str = "kernel.ptx", options: tuple[str, ...] = ()) -> PtxasResult:
-    """Assemble PTX text to a CUBIN for `arch` ('sm_90', ...): ``ptxas -arch=<arch> -v <options>``.
+    """Assemble PTX text for `arch` ('sm_90', ...): ``ptxas -arch=<arch> -v <options>``; with
+    ``-c`` among the options the result is a relocatable object for link().
 
     Raises OptionsError on a malformed arch, CompileError (log head, `name`) when ptxas rejects
     the PTX, ToolchainError when ptxas is missing or cannot run.
     """
-    if not isinstance(arch, str) or not ARCH_RE.match(arch):
-        raise OptionsError(f"arch={arch!r}: expected a real CUDA architecture such as 'sm_90'")
+    _check_arch(arch)
     exe = _exe()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sparsert-ptxas-") as tmp:
         src, out = os.path.join(tmp, "in.ptx"), os.path.join(tmp, "out.cubin")
         with open(src, "w") as f:
             f.write(ptx)
-        cmd = [exe, f"-arch={arch}", "-v", *options, src, "-o", out]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_TIMEOUT_S, check=False)
-        except subprocess.TimeoutExpired as exc:
-            raise ToolchainError(f"{name}: ptxas timed out after {_TIMEOUT_S} s") from exc
-        except OSError as exc:
-            raise ToolchainError(f"{name}: cannot run {exe}: {exc}") from exc
+        proc = _run([exe, f"-arch={arch}", "-v", *options, src, "-o", out], name, "ptxas")
         log = (proc.stdout + proc.stderr).replace(src, name)
         if proc.returncode != 0:
-            lines = log.splitlines()
-            head = "\n".join(lines[:_LOG_HEAD_LINES])
-            more = f"\n... ({len(lines) - _LOG_HEAD_LINES} more log lines)" if len(lines) > _LOG_HEAD_LINES else ""
-            raise CompileError(f"{name}: ptxas rejected the PTX for {arch} (exit {proc.returncode})\n{head}{more}")
+            raise CompileError(f"{name}: ptxas rejected the PTX for {arch} (exit {proc.returncode})\n{_log_head(log)}")
         with open(out, "rb") as f:
             cubin = f.read()
     registers, stores, loads = parse_ptxas_log(log)
     return PtxasResult(cubin=cubin, log=log, registers=registers, spill_stores=stores,
                        spill_loads=loads, seconds=time.perf_counter() - t0)
+
+
+@dataclass(frozen=True)
+class LinkResult:
+    cubin: bytes
+    log: str
+    """nvlink -v output (the kernel's registers, stack, shared memory)."""
+    registers: int | None
+    seconds: float
+
+
+_LINK_REGS = re.compile(r"used (\d+) registers")
+
+
+def link(objects: Sequence[tuple[str, bytes]], *, arch: str, name: str = "kernel.cubin") -> LinkResult:
+    """Link relocatable objects ((file name, bytes), in order) into one CUBIN for `arch`:
+    ``nvlink -arch=<arch> -v``. Raises CompileError (log head, `name`) when nvlink refuses them."""
+    _check_arch(arch)
+    exe = _nvlink()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="sparsert-nvlink-") as tmp:
+        paths = []
+        for i, (stem, data) in enumerate(objects):
+            path = os.path.join(tmp, f"{i:05d}-{os.path.basename(stem)}.o")
+            with open(path, "wb") as f:
+                f.write(data)
+            paths.append(path)
+        out = os.path.join(tmp, "out.cubin")
+        proc = _run([exe, f"-arch={arch}", "-v", "-o", out, *paths], name, "nvlink")
+        log = proc.stdout + proc.stderr
+        for path in paths:
+            log = log.replace(path, os.path.basename(path))
+        if proc.returncode != 0:
+            raise CompileError(f"{name}: nvlink refused the objects for {arch} (exit {proc.returncode})\n"
+                               f"{_log_head(log)}")
+        with open(out, "rb") as f:
+            cubin = f.read()
+    regs = [int(m.group(1)) for m in _LINK_REGS.finditer(log)]
+    return LinkResult(cubin=cubin, log=log, registers=max(regs) if regs else None,
+                      seconds=time.perf_counter() - t0)

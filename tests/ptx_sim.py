@@ -61,7 +61,7 @@ def _f32_imm(tok: str) -> np.float32:
 
 # Exactly the opcodes sparsert.ptx emits; anything else (another rounding mode, ftz...) is refused.
 _OPS = frozenset(
-    "bra bra.uni ret exit call.uni st.param.u64 bar.sync ld.param.u64 cvta.to.global.u64 mov.u32 mov.f32 cvt.u64.u32 cvt.s64.s32 "
+    "bra bra.uni ret exit call.uni st.param.u64 st.param.u32 bar.sync ld.param.u64 ld.param.u32 cvta.to.global.u64 mov.u32 mov.f32 cvt.u64.u32 cvt.s64.s32 "
     "mul.lo.s32 mad.lo.s32 min.s32 shl.b64 setp.lt.s32 setp.lt.u32 add.s64 add.rn.f32 fma.rn.f32 "
     "add.s32 sub.s32 div.u32 and.pred max.s32 selp.b32 and.b32 "
     "max.f32 ld.global.nc.f32 ld.global.nc.v2.f32 ld.global.nc.v4.f32 ld.shared.f32 ld.shared.v2.f32 "
@@ -100,11 +100,13 @@ class Function:
             self.insns.append((mm.group("pred"), mm.group("neg") == "!", mm.group("op"), args))
 
 
-_HEADER = re.compile(r"^(\.visible \.entry|\.func) (\w+)\((.*?)\)(.*?)\n\{\n(.*?)^\}\n", re.S | re.M)
+_HEADER = re.compile(r"^(\.visible \.entry|\.visible \.func|\.func) (\w+)\(([^)]*)\)([^;{]*?)\n\{\n(.*?)^\}\n",
+                     re.S | re.M)
 
 
 class Program:
-    """One PTX module: its functions (one .entry, any number of .func) and its shared symbol."""
+    """PTX linked as nvlink would: the functions of one or more modules (one .entry among them,
+    any number of .func; `.extern` declarations resolve by name) and their shared symbol."""
 
     def __init__(self, ptx: str):
         self.functions: dict[str, Function] = {}
@@ -112,7 +114,7 @@ class Program:
         self.noreturn: set[str] = set()
         for m in _HEADER.finditer(ptx):
             kind, name, params, attrs, body = m.groups()
-            fn = Function(name, re.findall(r"\.param \.u64 (\w+)", params), body)
+            fn = Function(name, re.findall(r"\.param \.u(?:32|64) (\w+)", params), body)
             self.functions[name] = fn
             if ".noreturn" in attrs:
                 self.noreturn.add(name)
@@ -189,7 +191,7 @@ def _thread(prog: Program, mem: Memory, shared: np.ndarray, tid, ctaid):
                 return
             assert fn.name not in prog.noreturn, f"{fn.name} is .noreturn but returns"
             fn, pc, regs, params = frames.pop()
-        elif op == "st.param.u64":
+        elif op in ("st.param.u64", "st.param.u32"):
             outgoing[a[0].strip("[]")] = val(a[1])
         elif name == "call":
             callee = prog.functions[a[0]]

@@ -79,9 +79,9 @@ def reference(s, B: np.ndarray, R: np.ndarray | None) -> np.ndarray:
     return C
 
 
-def run_ptx(s, B: np.ndarray, R: np.ndarray | None) -> np.ndarray:
+def run_ptx(s, B: np.ndarray, R: np.ndarray | None, **linked) -> np.ndarray:
     C = np.full((s.batch, s.m, s.n), np.nan, dtype=np.float32)  # every element must be written
-    for u in ptx.render_ptx(s, ARCH):
+    for u in ptx.render_ptx(s, ARCH, **linked):
         ptx_sim.launch(u.source, u.grid, u.block, [B, C] + ([R] if s.residual else []))
     return C
 
@@ -175,6 +175,28 @@ def test_ptx_virtual_im2col_computes_the_cuda_arithmetic_bit_for_bit(case):
     masked = sum(len(re.findall(r"and\.b32 \t%b\d+, %b\d+, %m\d+", u.source)) for u in units)
     assert (masked > 0) == any(padding), "only taps that can fall in the padding are masked"
     assert not any(re.search(r"@%p[kxy]\d+ ld", u.source) for u in units)  # loads never predicated
+
+
+def test_linked_objects_compute_the_same_bits_with_replaced_functions():
+    """What compiler.py links: functions split over objects, some re-assembled under a renamed
+    copy (the entry calls it; the original stays, uncalled). The simulator links by name, like nvlink."""
+    w = _weight(24, 30, 0.3, seed=9)
+    s = _schedule(w, budget=60, vec=2, groups=2, rows_per_block=4, threads_x=4, bias=np.ones(24, np.float32))
+    rng = np.random.default_rng(2)
+    B = rng.standard_normal((1, s.k, s.n)).astype(np.float32)
+    n = [b - a for a, b in s.slabs]
+    ranges = [((0, 1), (1, k)) if k > 1 else ((0, 1),) for k in n]
+    replaced = [{k - 1: 255} for k in n]
+    got = run_ptx(s, B, None, ranges=ranges, replaced=replaced)
+    assert got.view(np.uint32).tolist() == reference(s, B, None).view(np.uint32).tolist()
+    # the renamed copy is the one that runs: break the original and the result must not change
+    units = ptx.render_ptx(s, ARCH, ranges=ranges, replaced=replaced)
+    C = np.full((1, s.m, s.n), np.nan, dtype=np.float32)
+    for u, k in zip(units, n):
+        broken = u.source.replace(f".visible .func {u.kernel_name}_b{k - 1}(", f".visible .func {u.kernel_name}_dead(")
+        assert broken != u.source
+        ptx_sim.launch(broken, u.grid, u.block, [B, C])
+    assert C.view(np.uint32).tolist() == got.view(np.uint32).tolist()
 
 
 def test_ptx_large_offsets_use_computed_addresses():
@@ -303,23 +325,55 @@ def _blocks_per_sm(registers: int, threads: int) -> int:
     return ptx.REGISTER_FILE // (-(-registers // 8) * 8 * 32 * -(-threads // 32))
 
 
-def test_ptx_module_is_one_entry_calling_a_function_per_block():
+def test_ptx_slab_is_function_objects_and_an_entry_that_calls_them():
     w = _weight(40, 50, 0.3, seed=5)
     s = _schedule(w, budget=200, n=64, rows_per_block=4, groups=2, residual=True)
-    units = ptx.render_ptx(s, ARCH)
-    assert len(units) == len(s.slabs) > 1
-    for u, (start, stop) in zip(units, s.slabs):
-        text = u.source
-        funcs = re.findall(r"^\.func (\w+)\((.*?)\) \.noreturn$", text, re.S | re.M)
-        assert [f for f, _ in funcs] == [f"{u.kernel_name}_b{i}" for i in range(stop - start)]
-        assert all(p.count(".param .u64") == 3 for _, p in funcs)  # B, C, R
-        assert text.count(f".visible .entry {u.kernel_name}(") == 1
-        assert text.count("call.uni") == stop - start and "\tret;" not in text
-        assert text.count("\texit;") >= stop - start  # every function ends its thread
-        assert f".maxnreg {ptx.register_cap(s)}\n" in text
-        assert len(re.findall(r"^\.shared ", text, re.M)) == 1  # one reduction buffer, module scope
+    assert len(s.slabs) > 1
+    for index, (start, stop) in enumerate(s.slabs):
+        n = stop - start
+        ranges = ptx.object_parts(s, index, 1) if n == 1 else ((0, 1), (1, n))
+        (u,) = ptx.render_ptx(s, ARCH, slabs=(index,), ranges=[ranges], replaced=[{0: 128}])
+        kernel, cap = u.kernel_name, ptx.register_cap(s)
+        objects = ptx.split_objects(u.source)
+        assert [f for f, _ in objects] == [f"{kernel}_o{lo}.ptx" for lo, _ in ranges] + \
+            [f"{kernel}_b0_r128.ptx", f"{kernel}.ptx"]
+        assert u.source.count(f"ptxas -c -maxrregcount {cap} ====") == len(ranges)
+        assert u.source.count("ptxas -c -maxrregcount 128 ====") == 1
+        *funcs, entry = [text for _, text in objects]
+        defined = [re.findall(r"^\.visible \.func (\w+)\((.*?)\) \.noreturn$", f, re.S | re.M) for f in funcs]
+        assert [name for d in defined[:len(ranges)] for name, _ in d] == [f"{kernel}_b{i}" for i in range(n)]
+        assert [name for name, _ in defined[-1]] == [f"{kernel}_b0_r128"]
+        # B, C, R and the reduction buffer's shared address: no function object names a shared symbol
+        assert all(p.count(".param .u64") == 3 and p.count(".param .u32") == 1 for d in defined for _, p in d)
+        for f in funcs:
+            assert ".shared .align" not in f and f"{kernel}_red" not in f and ".entry" not in f
+            assert "\tret;" not in f and f.count("\texit;") >= f.count(".visible .func")
+        # the entry owns the buffer (module-local) and passes it to the function it calls, which
+        # is the replacement instead of the original
+        assert re.search(rf"^\.shared \.align 16 \.b8 \t{kernel}_red\[{4 * s.shared_floats}\];", entry, re.M)
+        assert f"mov.u32 \t%r2, {kernel}_red;" in entry and entry.count("st.param.u32 \t[arg3], %r2;") == n
+        assert entry.count(f".visible .entry {kernel}(") == 1 and ".maxnreg" not in entry
+        calls = re.findall(r"call\.uni \t(\w+),", entry)
+        assert calls == [f"{kernel}_b0_r128"] + [f"{kernel}_b{i}" for i in range(1, n)]
+        assert sorted(re.findall(r"^\.extern \.func (\w+)\(", entry, re.M)) == sorted(calls)
         fmas = sum(s.blocks[i].nnz for i in range(start, stop)) * s.vec
-        assert text.count("fma.rn.f32") == fmas
+        assert sum(f.count("fma.rn.f32") for f in funcs[:len(ranges)]) == fmas
+
+
+def test_object_parts_are_even_and_cover_the_slab(monkeypatch):
+    w = _weight(256, 64, 0.2, seed=4)
+    s = _schedule(w, n=64, rows_per_block=8)
+    (start, stop), = s.slabs
+    assert ptx.object_parts(s, 0, 8) == ((0, stop - start),)  # under OBJECT_FMAS: one process
+    monkeypatch.setattr(ptx, "OBJECT_FMAS", 1)
+    for parts in (1, 3, 8, 10**6):
+        r = ptx.object_parts(s, 0, parts)
+        assert len(r) == min(parts, stop - start)
+        assert r[0][0] == 0 and r[-1][1] == stop - start and all(a < b for a, b in r)
+        assert all(b == c for (_, b), (c, _) in zip(r, r[1:]))
+        sizes = [sum(s.blocks[start + i].nnz for i in range(a, b)) for a, b in r]
+        biggest = max(b.nnz for b in s.blocks)
+        assert max(sizes) - min(sizes) <= 2 * biggest, sizes
 
 
 def test_register_cap_keeps_occupancy_and_rises_on_request():
@@ -447,68 +501,124 @@ def test_function_layout_assembles_under_its_cap_without_spills(case):
         s = _schedule(w, n=256, bias=np.ones(128, np.float32), **case)
     (art,) = compile_units(ptx.render_ptx(s, ARCH), target="cuda", arch=ARCH, use_cache=False,
                            jobs=2, schedule=s, backend="ptx")
-    assert art.info["register_caps"] == [ptx.register_cap(s)]  # no second assembly
+    assert art.info["register_cap"] == ptx.register_cap(s)
+    assert art.info["replaced"] == [] and art.info["refits"] == 0  # no function assembled twice
+    assert art.info["ptxas_runs"] == len(art.info["objects"]) + 1  # and the entry once
     assert art.info["registers"] <= ptx.register_cap(s)
     assert not art.info["spill_stores"] and not art.info["spill_loads"]
     frames = [int(x) for x in re.findall(r"(\d+) bytes stack frame", art.info["log"])]
     assert len(frames) == len(s.blocks) + 1 and not any(frames)  # every function + the entry
+    assert re.search(r"nvlink info .*used \d+ registers.* 0 bytes lmem", art.info["log"])
+    # the reduction buffer the functions share is the kernel's: nvlink and the CUBIN agree
+    smem = int(re.search(r"nvlink info .* (\d+) bytes smem", art.info["log"]).group(1))
+    usage = _resource_usage(art.binary)
+    assert usage["SHARED"] == smem >= 4 * s.shared_floats and usage["STACK"] == 0 and usage["LOCAL"] == 0
+    assert usage["REG"] == art.info["registers"]
     st = sass_stats(art.binary)
     assert st.ffma_imm == s.nnz * s.vec and not st.spills
 
 
+def _resource_usage(cubin: bytes) -> dict[str, int]:
+    """cuobjdump -res-usage of the CUBIN's one entry (its callees report 0: nvlink folds them in)."""
+    import subprocess
+    import tempfile
+
+    from sparsert.sass import find_tool
+
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([find_tool("cuobjdump"), "-res-usage", f.name], capture_output=True,
+                             text=True, check=True).stdout
+    rows = re.findall(r"Function (\w+):\n\s*(.*)", out)
+    entries = [dict((k, int(v)) for k, v in re.findall(r"(\w+):(\d+)", fields)) for name, fields in rows
+               if not re.search(r"_b\d+(_r\d+)?$", name)]
+    assert len(entries) == 1, out
+    return entries[0]
+
+
+def _spilling_conv():
+    """Many clamped im2col taps (5x5, padding 2) need more registers than the estimate."""
+    return _conv_schedule((8, 12, 12, 5, 5, (1, 1), (2, 2), (1, 1)), rows_per_block=64, prefetch=16, groups=1)
+
+
 @needs_ptxas
-def test_a_spilling_cap_is_raised_until_nothing_spills():
-    """Many clamped im2col taps (5x5, padding 2) need more registers in the function layout than
-    the estimate: the functions that spilled are assembled alone one occupancy step up at a time
-    until they fit, then the slab once more at that cap."""
-    s = _conv_schedule((8, 12, 12, 5, 5, (1, 1), (2, 2), (1, 1)), rows_per_block=64, prefetch=16, groups=1)
+def test_a_function_that_spills_is_refit_alone_and_the_kernel_calls_the_refit():
+    """The functions that spilled under the first cap are assembled again alone, one occupancy
+    step up at a time until they fit; nvlink drops the spilling originals (nothing else is
+    assembled twice), and the kernel takes the most registers of any function it calls."""
+    from sparsert.sass import sass_stats
+
+    s = _spilling_conv()
     (art,) = compile_units(ptx.render_ptx(s, ARCH), target="cuda", arch=ARCH, use_cache=False,
-                           jobs=1, schedule=s, backend="ptx")
-    caps, probes = art.info["register_caps"], art.info["probe_caps"]
-    assert caps[0] == ptx.register_cap(s) and len(caps) == 2 and caps[1] == probes[-1] > caps[0]
-    assert probes == sorted(set(probes))
+                           jobs=2, schedule=s, backend="ptx")
+    base, replaced = art.info["register_cap"], dict(art.info["replaced"])
+    assert base == ptx.register_cap(s) and replaced
+    assert all(cap > base and cap == ptx.register_cap(s, at_least=cap) for cap in replaced.values())
+    assert art.info["refits"] >= len(replaced)
+    objects = len(art.info["objects"])
+    # + the entry twice: assembled beside the functions, then again to call the refits
+    assert art.info["ptxas_runs"] == objects + art.info["refits"] + 2
     assert not art.info["spill_stores"] and not art.info["spill_loads"]
-    assert art.info["registers"] <= caps[-1]
-    text = ptx.probe_ptx(s, ARCH, [0], caps[-1])
-    assert text.count(".func ") == 1 and f".maxnreg {caps[-1]}" in text
+    assert base < art.info["registers"] <= max(replaced.values())
+    st = sass_stats(art.binary)  # the spilling originals are gone from the CUBIN
+    assert st.ffma_imm == s.nnz * s.vec and not st.spills
     log = ("ptxas info    : Function properties for k_b3\n    8 bytes stack frame, 4 bytes spill stores, "
            "4 bytes spill loads\nptxas info    : Function properties for k_b1\n    0 bytes stack frame, "
-           "0 bytes spill stores, 0 bytes spill loads\n")
-    assert ptx.spilled_functions(log) == [3]
+           "0 bytes spill stores, 0 bytes spill loads\nptxas info    : Function properties for k_b2\n"
+           "    8 bytes stack frame, 12 bytes spill stores, 12 bytes spill loads\n")
+    assert ptx.spilled_functions(log) == [2, 3] and ptx.function_spills(log) == {2: 24, 3: 8}
 
 
 @needs_ptxas
-def test_kernel_ptx_is_the_ptx_that_was_assembled(monkeypatch, tmp_path):
-    """kernel.ptx renders each slab under the cap its cubin was built with (raised where the
-    first one spilled), from a cold build and from the cache alike."""
+def test_kernel_ptx_is_the_ptx_that_was_linked(monkeypatch, tmp_path):
+    """kernel.ptx holds each slab's objects as compiler.py built them (its partition, the refit
+    functions under their caps), from a cold build and from the cache alike: assembling and
+    linking those objects gives the same kernel."""
     import sparsert
+    from sparsert.ptxas import assemble, link
+    from sparsert.sass import sass_stats
 
     monkeypatch.setenv("SPARSERT_CACHE_DIR", str(tmp_path))
     rng = np.random.default_rng(8)
     w = (rng.standard_normal((64, 8, 5, 5)) * (rng.random((64, 8, 5, 5)) < 0.1)).astype(np.float32)
     for _ in range(2):  # cold, then warm
         k = sparsert.compile_conv2d(w, (12, 12), padding=2, arch=ARCH, thread_groups=1, rows_per_block=64)
-        caps = k.kernel.artifacts[0].info["register_caps"]
-        assert len(caps) == 2 and caps[-1] > ptx.register_cap(k.kernel.schedule)
-        assert f".maxnreg {caps[-1]}\n" in k.kernel.ptx[0]
+        info = k.kernel.artifacts[0].info
+        assert info["replaced"]
+        text = k.kernel.ptx[0]
+        for b, cap in info["replaced"]:
+            assert f"_b{b}_r{cap}.ptx: ptxas -c -maxrregcount {cap} ====" in text
+        objects = []
+        for name, src in ptx.split_objects(text):
+            cap = re.search(rf"{re.escape(name)}: ptxas -c(?: -maxrregcount (\d+))?", text).group(1)
+            opts = compiler.PTXAS_OPTIONS + ("-c",) + (("-maxrregcount", cap) if cap else ())
+            objects.append((name, assemble(src, arch=ARCH, name=name, options=opts).cubin))
+        again = sass_stats(link(objects, arch=ARCH).cubin)
+        built = sass_stats(k.kernel.artifacts[0].binary)
+        assert (again.instructions, again.ffma_imm, again.registers) == (built.instructions, built.ffma_imm, built.registers)
     assert k.kernel.artifacts[0].cached
 
 
 @needs_ptxas
 def test_a_lone_slab_gets_every_core_and_the_same_code(monkeypatch):
-    """ptxas --split-compile: the thread count changes the time and the ELF layout, not the
-    code, so it is not part of the cache key."""
+    """A slab splits into as many objects as there are cores: the count changes the time and the
+    ELF layout, not the code, so it is not part of the cache key."""
     from sparsert.sass import sass_stats
 
     w = _weight(256, 128, 0.1, seed=12)
     s = _schedule(w, n=64)
     assert len(s.slabs) == 1 and len(s.blocks) == 4
     units = ptx.render_ptx(s, ARCH)
+    small, = compile_units(units, target="cuda", arch=ARCH, use_cache=False, jobs=4, schedule=s, backend="ptx")
+    assert small.info["objects"] == [[0, 4]] and small.info["split_compile"] == 4  # one object: ptxas threads
+    monkeypatch.setattr(ptx, "OBJECT_FMAS", 1)  # this small slab would otherwise be one object
     one, = compile_units(units, target="cuda", arch=ARCH, use_cache=False, jobs=1, schedule=s, backend="ptx")
     four, = compile_units(units, target="cuda", arch=ARCH, use_cache=False, jobs=4, schedule=s, backend="ptx")
-    assert one.info["ptxas_threads"] == 1 and four.info["ptxas_threads"] == 4
+    assert one.info["threads"] == 1 and four.info["threads"] == 4 and four.info["split_compile"] == 1
+    assert one.info["objects"] == [[0, 4]] and four.info["objects"] == [[0, 1], [1, 2], [2, 3], [3, 4]]
     a, b = sass_stats(one.binary), sass_stats(four.binary)
-    assert (a.instructions, a.ffma_imm) == (b.instructions, b.ffma_imm)
+    assert (a.instructions, a.ffma_imm, a.registers) == (b.instructions, b.ffma_imm, b.registers)
     assert sorted(a.immediate_bits) == sorted(b.immediate_bits)  # functions may come in another order
     keys = {compiler.UnitBuild(units[0], target="cuda", arch=ARCH, cache=None, backend="ptx",
                                schedule=s, threads=t).key for t in (1, 4)}
@@ -543,7 +653,8 @@ def test_warm_cache_compiles_and_renders_nothing(monkeypatch, tmp_path):
         raise AssertionError("a warm cache must not build or render")
 
     monkeypatch.setattr(compiler.UnitBuild, "build", boom)
-    monkeypatch.setattr(ptx, "render_ptx", boom)
+    for renders in ("render_ptx", "function_objects", "entry_object", "replacement_object"):
+        monkeypatch.setattr(ptx, renders, boom)
     calls.clear()
     warm = compile_units(units, target="cuda", arch=ARCH, jobs=2, schedule=s, backend="ptx",
                          progress=lambda done, total, art: calls.append((done, total, art.cached)))
