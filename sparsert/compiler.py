@@ -168,52 +168,67 @@ class UnitBuild:
             return assemble(obj.source, arch=self.arch, name=f"{obj.name}.ptx", options=options)
 
     def _build_ptx(self) -> Artifact:
-        """The slab as relocatable objects (ptx.py): function objects under register_cap, then
-        each function that still spills alone, one occupancy step higher at a time until it fits
-        (the entry calls that copy; nvlink drops the spilling one), then nvlink. The entry is
-        assembled beside the functions, betting on no refit; a refit assembles it again."""
+        """The slab as relocatable objects (ptx.py). A big slab first assembles a sample of its
+        biggest functions alone, each one occupancy step higher at a time until it fits; the
+        highest cap they need holds for the other objects. Then the function objects, then each
+        function that still spills alone, stepping up the same way, as a renamed copy the entry
+        calls (nvlink drops the spilling one), then nvlink. The entry is assembled beside the
+        functions, betting on no refit; a refit assembles it again."""
         from .ptx import (entry_object, function_objects, function_spills, join_objects, object_parts,
-                          register_cap, replacement_object)
+                          register_cap, replacement_object, sample_blocks)
         from .ptxas import link
 
         s, arch, index = self.schedule, self.arch, self.unit.index
-        t0 = time.perf_counter()
-        ranges = object_parts(s, index, self.threads)
-        objects = function_objects(s, arch, index, ranges)
-        entry = entry_object(s, arch, index)
-        rendered = time.perf_counter() - t0
-        split = max(1, self.ptxas_threads // len(objects))  # a slab of fewer objects than cores
-        with ThreadPoolExecutor(max_workers=max(1, min(self.threads, len(objects) + 1))) as pool:
+        base = register_cap(s)
+        rendered = 0.0
+
+        def render(fn, *args):
+            nonlocal rendered
+            t0 = time.perf_counter()
+            out = fn(*args)
+            rendered += time.perf_counter() - t0
+            return out
+
+        def fit(make, cap: int, split: int = 1):
+            """Assemble make(cap), one occupancy step higher while it spills; (cap, object, result, runs)."""
+            runs = []
+            while True:
+                obj = render(make, cap)
+                r = self._assemble(obj, split)
+                runs.append(r)
+                if not (r.spill_stores or r.spill_loads) or cap >= MAX_REGISTERS_PER_THREAD:
+                    return cap, obj, r, runs
+                cap = register_cap(s, at_least=cap + 1)
+
+        sample = sample_blocks(s, index)
+        groups = object_parts(s, index, self.threads, exclude=sample)
+        split = max(1, self.ptxas_threads // max(1, len(groups) + len(sample)))  # fewer objects than cores
+        with ThreadPoolExecutor(max_workers=max(1, min(self.threads, len(groups) + len(sample) + 1))) as pool:
+            entry = render(entry_object, s, arch, index)
             entry_job = pool.submit(self._assemble, entry)
+            fits = list(pool.map(lambda b: fit(lambda c: function_objects(s, arch, index, [(c, (b,))])[0], base),
+                                 sample))
+            cap = max([base] + [c for c, *_ in fits])
+            objects = render(function_objects, s, arch, index, [(cap, g) for g in groups])
             results = list(pool.map(lambda o: self._assemble(o, split), objects))
+            objects = tuple(o for _, o, _, _ in fits) + objects
+            results = [r for _, _, r, _ in fits] + results
+            runs = [x for *_, rs in fits for x in rs] + results[len(fits):]
+            spills = sorted({i for r in results[len(fits):] for i in function_spills(r.log)})
+            refits = list(pool.map(lambda b: (b, fit(lambda c: replacement_object(s, arch, index, b, c),
+                                                     register_cap(s, at_least=cap + 1))), spills))
             entry_r = entry_job.result()
-            spills = {i: n for r in results for i, n in function_spills(r.log).items()}
-            base = register_cap(s)
-
-            def refit(block: int):
-                cap, tries = base, []
-                while cap < MAX_REGISTERS_PER_THREAD:
-                    cap = register_cap(s, at_least=cap + 1)
-                    obj = replacement_object(s, arch, index, block, cap)
-                    r = self._assemble(obj)
-                    tries.append(r)
-                    if not (r.spill_stores or r.spill_loads):
-                        break
-                return block, cap, obj, r, tries
-
-            refits = list(pool.map(refit, sorted(spills)))
-        replaced = {b: cap for b, cap, _, _, _ in refits}
-        runs = results + [t for *_, tries in refits for t in tries] + [entry_r]
+        replaced = {b: c for b, (c, *_) in refits}
+        runs += [x for _, (*_, rs) in refits for x in rs] + [entry_r]
         if replaced:
-            t1 = time.perf_counter()
-            entry = entry_object(s, arch, index, replaced)
-            rendered += time.perf_counter() - t1
+            entry = render(entry_object, s, arch, index, replaced)
             entry_r = self._assemble(entry)
             runs.append(entry_r)
-        final = list(zip(objects, results)) + [(obj, r) for _, _, obj, r, _ in refits] + [(entry, entry_r)]
+        final = list(zip(objects, results)) + [(o, r) for _, (_, o, r, _) in refits] + [(entry, entry_r)]
         linked = link([(o.name, r.cubin) for o, r in final], arch=arch, name=f"{self.unit.kernel_name}.cubin")
-        # spills left in the kernel: those of the functions it calls (a spilling original is dropped)
-        left = [r for b, _, _, r, _ in refits if r.spill_stores or r.spill_loads]
+        # spills left in the kernel: only a fit that reached 255 registers can still spill (every
+        # other function that spilled was refit, and nvlink drops its spilling original)
+        left = [r for _, (_, _, r, _) in refits] + [r for _, _, r, _ in fits]
         stores = sum(r.spill_stores or 0 for r in left)
         loads = sum(r.spill_loads or 0 for r in left)
         log = "".join(r.log for r in runs) + linked.log
@@ -221,9 +236,11 @@ class UnitBuild:
                 "compile_seconds": sum(r.seconds for r in runs) + linked.seconds, "log": log,
                 "backend": "ptx", "render_seconds": rendered,
                 "ptx_bytes": len(join_objects([o for o, _ in final])),  # as kernel.ptx shows them
-                "register_cap": base, "objects": [list(r) for r in ranges],
-                "replaced": sorted([b, cap] for b, cap in replaced.items()),  # JSON: no int keys
-                "refits": sum(len(tries) for *_, tries in refits),
+                "register_cap": base, "sample": list(sample),
+                "objects": [[o.max_registers, list(o.blocks)] for o in objects],
+                "replaced": sorted([b, c] for b, c in replaced.items()),  # JSON: no int keys
+                "refits": sum(len(rs) for _, (*_, rs) in refits),
+                "sample_runs": sum(len(rs) for *_, rs in fits),
                 "ptxas_runs": len(runs), "threads": self.threads, "split_compile": split}
         return Artifact(binary=linked.cubin, info=info)
 

@@ -142,8 +142,8 @@ class SparseKernel:
             return None
         from .ptx import render_ptx
 
-        # the objects as compiler.py built them: its partition, and the functions it re-assembled
-        return tuple(render_ptx(self.schedule, self.arch, slabs=(i,), ranges=[a.info.get("objects")],
+        # the objects as compiler.py built them: its partition and caps, and the functions it refit
+        return tuple(render_ptx(self.schedule, self.arch, slabs=(i,), layouts=[a.info.get("objects")],
                                 replaced=[{b: c for b, c in a.info.get("replaced") or []}])[0].source
                      for i, a in enumerate(self.artifacts))
 

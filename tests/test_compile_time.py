@@ -185,12 +185,13 @@ def test_linked_objects_compute_the_same_bits_with_replaced_functions():
     rng = np.random.default_rng(2)
     B = rng.standard_normal((1, s.k, s.n)).astype(np.float32)
     n = [b - a for a, b in s.slabs]
-    ranges = [((0, 1), (1, k)) if k > 1 else ((0, 1),) for k in n]
+    cap = ptx.register_cap(s)
+    layouts = [[(cap, (0,)), (cap, tuple(range(1, k)))] if k > 1 else [(cap, (0,))] for k in n]
     replaced = [{k - 1: 255} for k in n]
-    got = run_ptx(s, B, None, ranges=ranges, replaced=replaced)
+    got = run_ptx(s, B, None, layouts=layouts, replaced=replaced)
     assert got.view(np.uint32).tolist() == reference(s, B, None).view(np.uint32).tolist()
     # the renamed copy is the one that runs: break the original and the result must not change
-    units = ptx.render_ptx(s, ARCH, ranges=ranges, replaced=replaced)
+    units = ptx.render_ptx(s, ARCH, layouts=layouts, replaced=replaced)
     C = np.full((1, s.m, s.n), np.nan, dtype=np.float32)
     for u, k in zip(units, n):
         broken = u.source.replace(f".visible .func {u.kernel_name}_b{k - 1}(", f".visible .func {u.kernel_name}_dead(")
@@ -331,11 +332,13 @@ def test_ptx_slab_is_function_objects_and_an_entry_that_calls_them():
     assert len(s.slabs) > 1
     for index, (start, stop) in enumerate(s.slabs):
         n = stop - start
-        ranges = ptx.object_parts(s, index, 1) if n == 1 else ((0, 1), (1, n))
-        (u,) = ptx.render_ptx(s, ARCH, slabs=(index,), ranges=[ranges], replaced=[{0: 128}])
-        kernel, cap = u.kernel_name, ptx.register_cap(s)
+        cap = ptx.register_cap(s)
+        groups = ((0,),) if n == 1 else ((0,), tuple(range(1, n)))
+        ranges = groups
+        (u,) = ptx.render_ptx(s, ARCH, slabs=(index,), layouts=[[(cap, g) for g in groups]], replaced=[{0: 128}])
+        kernel = u.kernel_name
         objects = ptx.split_objects(u.source)
-        assert [f for f, _ in objects] == [f"{kernel}_o{lo}.ptx" for lo, _ in ranges] + \
+        assert [f for f, _ in objects] == [f"{kernel}_o{g[0]}.ptx" for g in groups] + \
             [f"{kernel}_b0_r128.ptx", f"{kernel}.ptx"]
         assert u.source.count(f"ptxas -c -maxrregcount {cap} ====") == len(ranges)
         assert u.source.count("ptxas -c -maxrregcount 128 ====") == 1
@@ -364,16 +367,30 @@ def test_object_parts_are_even_and_cover_the_slab(monkeypatch):
     w = _weight(256, 64, 0.2, seed=4)
     s = _schedule(w, n=64, rows_per_block=8)
     (start, stop), = s.slabs
-    assert ptx.object_parts(s, 0, 8) == ((0, stop - start),)  # under OBJECT_FMAS: one process
+    n = stop - start
+    assert ptx.object_parts(s, 0, 8) == (tuple(range(n)),)  # under OBJECT_FMAS: one process
     monkeypatch.setattr(ptx, "OBJECT_FMAS", 1)
-    for parts in (1, 3, 8, 10**6):
-        r = ptx.object_parts(s, 0, parts)
-        assert len(r) == min(parts, stop - start)
-        assert r[0][0] == 0 and r[-1][1] == stop - start and all(a < b for a, b in r)
-        assert all(b == c for (_, b), (c, _) in zip(r, r[1:]))
-        sizes = [sum(s.blocks[start + i].nnz for i in range(a, b)) for a, b in r]
-        biggest = max(b.nnz for b in s.blocks)
+    biggest = max(b.nnz for b in s.blocks)
+    for parts, exclude in ((1, ()), (3, ()), (8, (0, 5, 6)), (10**6, ()), (4, tuple(range(1, n)))):
+        r = ptx.object_parts(s, 0, parts, exclude=exclude)
+        rest = [i for i in range(n) if i not in exclude]
+        assert len(r) == min(parts, len(rest)) and [i for g in r for i in g] == rest
+        sizes = [sum(s.blocks[start + i].nnz for i in g) for g in r]
         assert max(sizes) - min(sizes) <= 2 * biggest, sizes
+    assert ptx.object_parts(s, 0, 4, exclude=range(n)) == ()
+
+
+def test_big_slabs_sample_their_biggest_blocks():
+    w = _weight(64 * 40, 64, 0.2, seed=4)
+    s = _schedule(w, n=64, rows_per_block=64, groups=1)
+    (start, stop), = s.slabs
+    assert stop - start >= ptx.SAMPLE_MIN_FUNCTIONS
+    sample = ptx.sample_blocks(s, 0)
+    nnz = [s.blocks[start + i].nnz for i in range(stop - start)]
+    assert len(sample) == ptx.SAMPLE_FUNCTIONS and list(sample) == sorted(sample)
+    assert min(nnz[i] for i in sample) >= max(nnz[i] for i in range(len(nnz)) if i not in sample)
+    small = _schedule(_weight(64 * 8, 64, 0.2, seed=4), n=64, rows_per_block=64, groups=1)
+    assert ptx.sample_blocks(small, 0) == ()
 
 
 def test_register_cap_keeps_occupancy_and_rises_on_request():
@@ -466,11 +483,11 @@ def test_sass_keeps_the_software_pipelined_loads_ahead():
     assert median >= 4 * eager[len(eager) // 2], (median, eager[len(eager) // 2])
 
 
-def _conv_schedule(geo, **opts):
+def _conv_schedule(geo, m=64, **opts):
     from sparsert.plan import ConvGeometry
 
     g = ConvGeometry(*geo)
-    a = sp.random(64, g.c_in * g.kh * g.kw, density=0.1, random_state=np.random.default_rng(8),
+    a = sp.random(m, g.c_in * g.kh * g.kw, density=0.1, random_state=np.random.default_rng(8),
                   dtype=np.float32, format="csr")
     w = load_weight(a)
     return plan(w.matrix, KernelOptions(n=g.oh * g.ow, **opts), weight_digest=w.digest(),
@@ -557,6 +574,7 @@ def test_a_function_that_spills_is_refit_alone_and_the_kernel_calls_the_refit():
     assert all(cap > base and cap == ptx.register_cap(s, at_least=cap) for cap in replaced.values())
     assert art.info["refits"] >= len(replaced)
     objects = len(art.info["objects"])
+    assert art.info["sample"] == [] and art.info["sample_runs"] == 0  # one block: nothing to sample
     # + the entry twice: assembled beside the functions, then again to call the refits
     assert art.info["ptxas_runs"] == objects + art.info["refits"] + 2
     assert not art.info["spill_stores"] and not art.info["spill_loads"]
@@ -568,6 +586,36 @@ def test_a_function_that_spills_is_refit_alone_and_the_kernel_calls_the_refit():
            "0 bytes spill stores, 0 bytes spill loads\nptxas info    : Function properties for k_b2\n"
            "    8 bytes stack frame, 12 bytes spill stores, 12 bytes spill loads\n")
     assert ptx.spilled_functions(log) == [2, 3] and ptx.function_spills(log) == {2: 24, 3: 8}
+
+
+@needs_ptxas
+def test_a_sample_that_spills_raises_the_cap_for_the_rest_of_the_slab():
+    """A big slab assembles its biggest functions alone first: where they miss the cap, the cap
+    they fit under holds for every other object, so the rest is not refit function by function.
+    The layout is fixed (not per core): 1 and 2 jobs build the same functions."""
+    from sparsert.sass import sass_stats
+
+    s = _conv_schedule((8, 12, 12, 5, 5, (1, 1), (2, 2), (1, 1)), m=64 * 32, rows_per_block=64,
+                       prefetch=16, groups=1)
+    assert len(s.blocks) == ptx.SAMPLE_MIN_FUNCTIONS and len(s.slabs) == 1
+    arts = {jobs: compile_units(ptx.render_ptx(s, ARCH), target="cuda", arch=ARCH, use_cache=False,
+                                jobs=jobs, schedule=s, backend="ptx")[0] for jobs in (1, 2)}
+    for art in arts.values():
+        info = art.info
+        base, sample = info["register_cap"], info["sample"]
+        assert sample == list(ptx.sample_blocks(s, 0)) and base == ptx.register_cap(s)
+        caps = {tuple(blocks): cap for cap, blocks in info["objects"]}
+        sampled = [caps[(b,)] for b in sample]
+        assert max(sampled) > base and info["sample_runs"] > len(sample)  # the sample missed the cap
+        rest = [cap for blocks, cap in caps.items() if not set(blocks) & set(sample)]
+        assert rest and set(rest) == {max(sampled)}  # ... and its cap held for the others
+        assert sorted(b for blocks in caps for b in blocks) == list(range(len(s.blocks)))
+        assert info["refits"] <= len(s.blocks) // 4, info["replaced"]  # not one refit per function
+        assert not info["spill_stores"] and not info["spill_loads"]
+        st = sass_stats(art.binary)
+        assert st.ffma_imm == s.nnz and not st.spills and st.registers == info["registers"]
+    one, two = (sass_stats(arts[j].binary) for j in (1, 2))
+    assert (one.instructions, one.registers) == (two.instructions, two.registers)
 
 
 @needs_ptxas
@@ -611,12 +659,13 @@ def test_a_lone_slab_gets_every_core_and_the_same_code(monkeypatch):
     assert len(s.slabs) == 1 and len(s.blocks) == 4
     units = ptx.render_ptx(s, ARCH)
     small, = compile_units(units, target="cuda", arch=ARCH, use_cache=False, jobs=4, schedule=s, backend="ptx")
-    assert small.info["objects"] == [[0, 4]] and small.info["split_compile"] == 4  # one object: ptxas threads
+    cap = ptx.register_cap(s)
+    assert small.info["objects"] == [[cap, [0, 1, 2, 3]]] and small.info["split_compile"] == 4  # one object: ptxas threads
     monkeypatch.setattr(ptx, "OBJECT_FMAS", 1)  # this small slab would otherwise be one object
     one, = compile_units(units, target="cuda", arch=ARCH, use_cache=False, jobs=1, schedule=s, backend="ptx")
     four, = compile_units(units, target="cuda", arch=ARCH, use_cache=False, jobs=4, schedule=s, backend="ptx")
     assert one.info["threads"] == 1 and four.info["threads"] == 4 and four.info["split_compile"] == 1
-    assert one.info["objects"] == [[0, 4]] and four.info["objects"] == [[0, 1], [1, 2], [2, 3], [3, 4]]
+    assert one.info["objects"] == [[cap, [0, 1, 2, 3]]] and four.info["objects"] == [[cap, [i]] for i in range(4)]
     a, b = sass_stats(one.binary), sass_stats(four.binary)
     assert (a.instructions, a.ffma_imm, a.registers) == (b.instructions, b.ffma_imm, b.registers)
     assert sorted(a.immediate_bits) == sorted(b.immediate_bits)  # functions may come in another order
