@@ -2,7 +2,7 @@
 
 Three ways to build a unit (one slab):
 
-* 'ptx' (CUDA, default where ptxas is installed): ptx.py writes the slab as relocatable PTX
+* 'ptx' (CUDA, default where ptxas and nvlink are installed): ptx.py writes the slab as relocatable PTX
   objects (a function per thread block, and the entry), ptxas assembles them in parallel and
   nvlink links them into one CUBIN. No NVVM: about half of NVRTC's time goes there. Its cache key
   is the schedule's digest + slab index + the emitter's own hash, so a warm cache renders nothing.
@@ -70,15 +70,15 @@ def preferred_backend(target: str, backend: str | None = None) -> str:
     if choice not in ("auto", *BACKENDS):
         raise OptionsError(f"backend={choice!r}: expected one of auto, {', '.join(BACKENDS)}")
     if choice == "auto":
-        from .ptxas import find_ptxas
+        from .ptxas import find_nvlink, find_ptxas
 
-        return "ptx" if find_ptxas() is not None else "nvrtc"
+        return "ptx" if find_ptxas() is not None and find_nvlink() is not None else "nvrtc"
     return choice
 
 
 def resolve_backend(target: str, backend: str | None = None, *, schedule: Schedule | None = None) -> str:
     """The build path for `target`: 'hipcc' for HIP; for CUDA the requested backend, else
-    SPARSERT_BACKEND; 'auto' picks 'ptx' when ptxas is installed and the PTX emitter can render
+    SPARSERT_BACKEND; 'auto' picks 'ptx' when ptxas and nvlink are installed and the PTX emitter can render
     the schedule passed in (SpMM and virtual-im2col convolutions), else 'nvrtc'."""
     kind = preferred_backend(target, backend)
     if kind != "ptx":

@@ -71,7 +71,7 @@ class Settings:
     kernel is split; None (unset): the backend's default, see slab_budget()."""
     backend: str
     """SPARSERT_BACKEND: CUDA code path, 'ptx' (PTX emitter + ptxas), 'nvrtc' (CUDA C++ through
-    NVRTC) or 'auto' (default: ptx where ptxas is installed, else nvrtc)."""
+    NVRTC) or 'auto' (default: ptx where ptxas and nvlink are installed, else nvrtc)."""
     hipcc: str
     """SPARSERT_HIPCC: the hipcc executable."""
     cxx: str

@@ -45,15 +45,18 @@ def _version(exe: str) -> str:
     except (OSError, subprocess.SubprocessError) as exc:
         raise ToolchainError(f"cannot run {exe} --version: {exc}") from exc
     m = re.search(r"release\s+[\d.]+,\s*V([\d.]+)", out)
-    return f"ptxas {m.group(1) if m else out.strip().splitlines()[-1]}"
+    return f"{os.path.basename(exe)} {m.group(1) if m else out.strip().splitlines()[-1]}"
+
+
+def _require(exe: str | None, tool: str, where: str) -> str:
+    if exe is None:
+        raise ToolchainError(f"`{tool}` not found (neither {where}, the nvidia pip wheels nor PATH); "
+                             f"install it with `{_INSTALL_HINT}` or use backend='nvrtc'")
+    return exe
 
 
 def _exe() -> str:
-    exe = find_ptxas()
-    if exe is None:
-        raise ToolchainError(f"`ptxas` not found (neither SPARSERT_PTXAS, the nvidia pip wheels nor PATH); "
-                             f"install it with `{_INSTALL_HINT}` or use backend='nvrtc'")
-    return exe
+    return _require(find_ptxas(), "ptxas", "SPARSERT_PTXAS")
 
 
 def ptxas_version() -> str:
@@ -72,16 +75,12 @@ def find_nvlink() -> str | None:
 
 
 def _nvlink() -> str:
-    exe = find_nvlink()
-    if exe is None:
-        raise ToolchainError(f"`nvlink` not found (neither beside ptxas, in the nvidia pip wheels nor on "
-                             f"PATH); install it with `{_INSTALL_HINT}` or use backend='nvrtc'")
-    return exe
+    return _require(find_nvlink(), "nvlink", "beside ptxas")
 
 
 def nvlink_version() -> str:
     """'nvlink 13.5.37': with ptxas_version, part of the cache key of every PTX-backend kernel."""
-    return _version(_nvlink()).replace("ptxas", "nvlink", 1)
+    return _version(_nvlink())
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,16 @@ import scipy.sparse as sp
 from sparsert import compiler, ptx
 from sparsert.compiler import compile_units, resolve_backend
 from sparsert.config import DEFAULT_MAX_SLAB_NNZ, DEFAULT_PTX_MAX_SLAB_NNZ, settings, slab_budget
-from sparsert.errors import CompileError, OptionsError
+from sparsert.errors import CompileError, OptionsError, ToolchainError
 from sparsert.options import KernelOptions
 from sparsert.plan import plan
-from sparsert.ptxas import assemble, find_ptxas
+from sparsert.ptxas import assemble, find_nvlink, find_ptxas
 from sparsert.render import render
 from sparsert.weights import load_weight
 
 ARCH = "sm_90"
-needs_ptxas = pytest.mark.skipif(find_ptxas() is None, reason="ptxas not installed (pip install nvidia-cuda-nvcc)")
+needs_ptxas = pytest.mark.skipif(find_ptxas() is None or find_nvlink() is None,
+                                 reason="ptxas / nvlink not installed (pip install nvidia-cuda-nvcc)")
 
 
 def _weight(m: int, k: int, density: float, seed: int):
@@ -436,6 +437,16 @@ def test_resolve_backend(monkeypatch):
     monkeypatch.setenv("SPARSERT_BACKEND", "fast")
     with pytest.raises(OptionsError):
         settings()
+
+
+def test_without_nvlink_auto_falls_back_and_ptx_says_what_is_missing(monkeypatch):
+    from sparsert import ptxas
+
+    monkeypatch.setattr(ptxas, "find_nvlink", lambda: None)
+    assert compiler.preferred_backend("cuda", "auto") == "nvrtc"
+    assert compiler.preferred_backend("cuda", "ptx") == "ptx"  # asked for: the build says why not
+    with pytest.raises(ToolchainError, match="nvlink.*not found.*nvidia-cuda-nvcc"):
+        ptxas.link([], arch=ARCH)
 
 
 # -- compiling --------------------------------------------------------------------------------
