@@ -189,12 +189,12 @@ class UnitBuild:
             rendered += time.perf_counter() - t0
             return out
 
-        def fit(make, cap: int, split: int = 1):
+        def fit(make, cap: int):
             """Assemble make(cap), one occupancy step higher while it spills; (cap, object, result, runs)."""
             runs = []
             while True:
                 obj = render(make, cap)
-                r = self._assemble(obj, split)
+                r = self._assemble(obj)
                 runs.append(r)
                 if not (r.spill_stores or r.spill_loads) or cap >= MAX_REGISTERS_PER_THREAD:
                     return cap, obj, r, runs
@@ -209,17 +209,16 @@ class UnitBuild:
             fits = list(pool.map(lambda b: fit(lambda c: function_objects(s, arch, index, [(c, (b,))])[0], base),
                                  sample))
             cap = max([base] + [c for c, *_ in fits])
-            objects = render(function_objects, s, arch, index, [(cap, g) for g in groups])
-            results = list(pool.map(lambda o: self._assemble(o, split), objects))
-            objects = tuple(o for _, o, _, _ in fits) + objects
-            results = [r for _, _, r, _ in fits] + results
-            runs = [x for *_, rs in fits for x in rs] + results[len(fits):]
-            spills = sorted({i for r in results[len(fits):] for i in function_spills(r.log)})
+            rest = render(function_objects, s, arch, index, [(cap, g) for g in groups])
+            rest_results = list(pool.map(lambda o: self._assemble(o, split), rest))
+            spills = sorted({i for r in rest_results for i in function_spills(r.log)})
             refits = list(pool.map(lambda b: (b, fit(lambda c: replacement_object(s, arch, index, b, c),
                                                      register_cap(s, at_least=cap + 1))), spills))
             entry_r = entry_job.result()
+        objects = tuple(o for _, o, _, _ in fits) + rest
+        results = [r for _, _, r, _ in fits] + rest_results
         replaced = {b: c for b, (c, *_) in refits}
-        runs += [x for _, (*_, rs) in refits for x in rs] + [entry_r]
+        runs = [x for *_, rs in fits for x in rs] + rest_results + [x for _, (*_, rs) in refits for x in rs] + [entry_r]
         if replaced:
             entry = render(entry_object, s, arch, index, replaced)
             entry_r = self._assemble(entry)

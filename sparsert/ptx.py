@@ -36,10 +36,10 @@ a kernel that ignores it.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -135,7 +135,8 @@ def _hex_words(bits: np.ndarray) -> list[str]:
 
 
 class _Emitter:
-    """Builds one slab's PTX. Holds the per-schedule templates; `slab()` returns the text."""
+    """Builds a slab's PTX objects. Holds the per-schedule templates; `functions()` and `entry()`
+    return an object's text."""
 
     def __init__(self, s: Schedule, arch: str):
         why = unsupported(s)

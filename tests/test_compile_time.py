@@ -335,17 +335,16 @@ def test_ptx_slab_is_function_objects_and_an_entry_that_calls_them():
         n = stop - start
         cap = ptx.register_cap(s)
         groups = ((0,),) if n == 1 else ((0,), tuple(range(1, n)))
-        ranges = groups
         (u,) = ptx.render_ptx(s, ARCH, slabs=(index,), layouts=[[(cap, g) for g in groups]], replaced=[{0: 128}])
         kernel = u.kernel_name
         objects = ptx.split_objects(u.source)
         assert [f for f, _ in objects] == [f"{kernel}_o{g[0]}.ptx" for g in groups] + \
             [f"{kernel}_b0_r128.ptx", f"{kernel}.ptx"]
-        assert u.source.count(f"ptxas -c -maxrregcount {cap} ====") == len(ranges)
+        assert u.source.count(f"ptxas -c -maxrregcount {cap} ====") == len(groups)
         assert u.source.count("ptxas -c -maxrregcount 128 ====") == 1
         *funcs, entry = [text for _, text in objects]
         defined = [re.findall(r"^\.visible \.func (\w+)\((.*?)\) \.noreturn$", f, re.S | re.M) for f in funcs]
-        assert [name for d in defined[:len(ranges)] for name, _ in d] == [f"{kernel}_b{i}" for i in range(n)]
+        assert [name for d in defined[:len(groups)] for name, _ in d] == [f"{kernel}_b{i}" for i in range(n)]
         assert [name for name, _ in defined[-1]] == [f"{kernel}_b0_r128"]
         # B, C, R and the reduction buffer's shared address: no function object names a shared symbol
         assert all(p.count(".param .u64") == 3 and p.count(".param .u32") == 1 for d in defined for _, p in d)
@@ -361,7 +360,7 @@ def test_ptx_slab_is_function_objects_and_an_entry_that_calls_them():
         assert calls == [f"{kernel}_b0_r128"] + [f"{kernel}_b{i}" for i in range(1, n)]
         assert sorted(re.findall(r"^\.extern \.func (\w+)\(", entry, re.M)) == sorted(calls)
         fmas = sum(s.blocks[i].nnz for i in range(start, stop)) * s.vec
-        assert sum(f.count("fma.rn.f32") for f in funcs[:len(ranges)]) == fmas
+        assert sum(f.count("fma.rn.f32") for f in funcs[:len(groups)]) == fmas
 
 
 def test_object_parts_are_even_and_cover_the_slab(monkeypatch):
