@@ -183,7 +183,7 @@ def environment() -> dict:
         "git_commit": _try(lambda: subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
             check=True).stdout.strip()),
-        "nvrtc": _try(lambda: ".".join(map(str, __import__("sparsert.nvrtc").nvrtc.nvrtc_version()))),
+        "nvrtc": _try(lambda: ".".join(map(str, __import__("sparsert.toolchain.nvrtc").toolchain.nvrtc.nvrtc_version()))),
         "cupy": _try(lambda: __import__("cupy").__version__),
         "torch": _try(lambda: __import__("torch").__version__),
         "torch_cuda": _try(lambda: __import__("torch").version.cuda),

@@ -11,9 +11,9 @@ Variants:
 
 * schedule: vec 4 x 16 rows (the earlier default) vs vec 1 x 64 rows (now); both 64 accumulators;
 * prefetch: 1 (each row of B loaded right before its FMAs) vs 16 (software-pipelined);
-* ptxas: -O3 vs -Ofast-compile=min (compiler.PTXAS_OPTIONS) vs -Ofast-compile=max.
+* ptxas: -O3 vs -Ofast-compile=min (backends.cuda.build.PTXAS_OPTIONS) vs -Ofast-compile=max.
 
-Results: benchmarks/results/compile_probe.json and .md (--out).
+Results: benchmarks/results/compile_probe.jsonl (JSON Lines: compile_time.write_doc) and .md (--out).
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
-import json
 import statistics
 import time
 
-from benchmarks.compile_time import RESULTS, machine, make_weight, random_cases, toolchain
+from benchmarks.compile_time import RESULTS, beside, machine, make_weight, random_cases, toolchain, write_doc
 
 VARIANTS = (  # name, schedule options, ptxas options
     ("vec4 x 16 rows, prefetch 1, -O3", dict(vec=4, rows_per_block=16, prefetch=1), ("-O3",)),
@@ -43,19 +42,16 @@ VARIANTS = (  # name, schedule options, ptxas options
 
 
 def probe(case: dict, opts: dict, ptxas: tuple[str, ...], arch: str) -> dict:
-    from sparsert.compiler import UnitBuild
-    from sparsert.config import slab_budget
+    from sparsert.backends.cuda import BACKENDS, plan
+    from sparsert.backends.cuda.build import PtxSlabBuild
+    from sparsert.backends.cuda.sass import merge_stats, sass_stats
     from sparsert.options import KernelOptions
-    from sparsert.plan import plan
-    from sparsert.render import render
-    from sparsert.sass import merge_stats, sass_stats
 
     w = make_weight(case)
     s = plan(w.matrix, KernelOptions(n=case["n"], **opts), weight_digest=w.digest(),
-             max_slab_nnz=slab_budget("ptx"))
+             max_slab_nnz=BACKENDS["ptx"].slab_budget())
     t0 = time.perf_counter()
-    arts = [UnitBuild(u, target="cuda", arch=arch, cache=None, backend="ptx", schedule=s,
-                      options=ptxas).build() for u in render(s)]
+    arts = [PtxSlabBuild(s, u, arch, options=ptxas).build() for u in BACKENDS["ptx"].units(s, arch)]
     wall = time.perf_counter() - t0
     st = merge_stats([sass_stats(a.binary) for a in arts])
     lu = sorted(st.load_use)
@@ -97,7 +93,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--arch", default="sm_90")
-    ap.add_argument("--out", type=Path, default=RESULTS / "compile_probe.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "compile_probe.jsonl")
     args = ap.parse_args(argv)
     doc = {"when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(), "toolchain": toolchain(),
            "arch": args.arch, "command": "python3 -m benchmarks.compile_probe " + " ".join(argv or sys.argv[1:]),
@@ -109,8 +105,8 @@ def main(argv=None) -> int:
             doc["results"].append(rec)
             print(f"{case['name']} {name}: {rec['slabs']} slabs, ptxas {rec['ptxas_s']:.2f} s, "
                   f"regs {rec['registers']}, load->use {rec['load_use_median']}", flush=True)
-            args.out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-            args.out.with_suffix(".md").write_text(markdown(doc))
+            write_doc(args.out, doc)
+            beside(args.out, ".md").write_text(markdown(doc))
     return 0
 
 

@@ -13,7 +13,8 @@ from the now warm cache. Recorded: plan/render/compile seconds, nnz per second o
 compile, source/PTX/CUBIN bytes, peak RSS of the Python process and of the largest compiler
 subprocess, and (unless --no-check) the SASS check of every CUBIN: FFMA-with-immediate count ==
 nnz x vec and no spills. Timings are the median over --repeat runs (one run for cases above
---repeat-max-nnz nonzeros). Results: benchmarks/results/compile_time.json and .md (--out).
+--repeat-max-nnz nonzeros). Results: benchmarks/results/compile_time.jsonl.gz (JSON Lines, gzip:
+see write_doc) and compile_time.md / .png beside it (--out).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
+import gzip
 import json
 import os
 import platform
@@ -70,7 +72,7 @@ def make_weight(case: dict):
     with normal values from seed 0."""
     import scipy.sparse as sp
 
-    from sparsert.weights import load_weight
+    from sparsert.frontend.weights import load_weight
 
     if case["kind"] == "dlmc":
         return load_weight(shared_dir() / case["source"], seed=0)
@@ -91,21 +93,23 @@ def _cpu_seconds() -> float:
 
 def run_case(case: dict, *, backend: str, arch: str, jobs: int | None, max_slab_nnz: int | None,
              check: bool, sample_slabs: int | None = None) -> dict:
-    from sparsert.api import plan_for, units_for
-    from sparsert.compiler import compile_units
-    from sparsert.config import settings, slab_budget
+    from sparsert.backends import resolve
+    from sparsert.config import settings
     from sparsert.options import KernelOptions
+    from sparsert.pipeline import compile_units, plan_with
 
     w = make_weight(case)
     opts = KernelOptions(n=case["n"], arch=arch, max_slab_nnz=max_slab_nnz)
     with tempfile.TemporaryDirectory(prefix="sparsert-bench-cache-") as cache:
         os.environ["SPARSERT_CACHE_DIR"] = cache  # cold: an empty cache of its own
         t0 = time.perf_counter()
-        s, kind = plan_for(w.matrix, opts, backend=backend, weight_digest=w.digest())
+        impl = resolve("cuda", backend)  # chosen before planning: its budget cuts the slabs
+        kind = impl.name
+        s = plan_with(impl, w.matrix, opts, bias=None, weight_digest=w.digest())
         t1 = time.perf_counter()
         # what sparsert.compile does: the CUDA source only where the backend compiles it (NVRTC);
         # the PTX backend renders its PTX inside compile_units (ptx_render_s)
-        units = units_for(s, "cuda", kind)[0]
+        units = impl.units(s, arch)
         t2 = time.perf_counter()
         all_units = units
         if sample_slabs and sample_slabs < len(units):  # evenly spread sample of the slabs
@@ -121,7 +125,7 @@ def run_case(case: dict, *, backend: str, arch: str, jobs: int | None, max_slab_
         "backend": kind, "nnz": s.nnz, "m": s.m, "k": s.k,
         "n": s.n, "vec": s.vec, "groups": s.groups, "rows_per_block": s.rows_per_block,
         "threads_x": s.threads_x, "blocks": len(s.blocks), "slabs": len(all_units),
-        "max_slab_nnz": max_slab_nnz or slab_budget(kind), "jobs": jobs or settings().jobs,
+        "max_slab_nnz": max_slab_nnz or impl.slab_budget(), "jobs": jobs or settings().jobs,
         "plan_s": t1 - t0, "render_s": t2 - t1,
         "ptx_render_s": sum(a.info.get("render_seconds", 0.0) for a in arts),  # inside compile_s
         "compile_s": t3 - t2, "compiler_cpu_s": sum(a.info.get("compile_seconds", 0.0) for a in arts),
@@ -153,7 +157,7 @@ def run_case(case: dict, *, backend: str, arch: str, jobs: int | None, max_slab_
     rec["total_s"] = rec["plan_s"] + rec["render_s"] + rec["compile_s"]
     rec["nnz_per_s"] = s.nnz / (rec["render_s"] + rec["compile_s"])
     if check:
-        from sparsert.sass import sass_stats
+        from sparsert.backends.cuda.sass import sass_stats
 
         stats = [sass_stats(a.binary) for a in arts]
         rec["ffma_imm"] = sum(x.ffma_imm for x in stats)
@@ -326,13 +330,13 @@ def machine() -> dict:
 def toolchain() -> dict:
     out = {}
     try:
-        from sparsert.nvrtc import nvrtc_version
+        from sparsert.toolchain.nvrtc import nvrtc_version
 
         out["nvrtc"] = "%d.%d" % nvrtc_version()
     except Exception as exc:  # noqa: BLE001 - recorded, not fatal
         out["nvrtc"] = f"unavailable: {exc}"
     try:
-        from sparsert.ptxas import find_ptxas, ptxas_version
+        from sparsert.toolchain.ptxas import find_ptxas, ptxas_version
 
         out["ptxas"] = ptxas_version()
         out["ptxas_path"] = find_ptxas()
@@ -341,17 +345,52 @@ def toolchain() -> dict:
     return out
 
 
+# -- results files -----------------------------------------------------------------------------
+# A name ending in .jsonl (or .jsonl.gz: gzip-compressed) holds JSON Lines: the first line is
+# {"meta": <every key of the document but its rows>, "rows": <the rows' key>}, then one row per
+# line. Any other name (a .json piece for --merge) holds the whole document, pretty-printed.
+def write_doc(path: Path, doc: dict, *, rows: str = "results", sort_keys: bool = True) -> None:
+    """Written to a temp file and renamed; gzip with mtime 0, so the same document gives the same bytes."""
+    path = Path(path)
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
+        head = {"meta": {k: v for k, v in doc.items() if k != rows}, "rows": rows}
+        text = "".join(json.dumps(x, sort_keys=sort_keys, separators=(",", ":")) + "\n"
+                       for x in (head, *doc[rows]))
+    else:
+        text = json.dumps(doc, indent=1, sort_keys=sort_keys) + "\n"
+    data = gzip.compress(text.encode(), mtime=0) if path.suffix == ".gz" else text.encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def read_doc(path: Path) -> dict:
+    """The document write_doc wrote (a .json, .jsonl or .jsonl.gz file)."""
+    path = Path(path)
+    data = path.read_bytes()
+    text = (gzip.decompress(data) if path.suffix == ".gz" else data).decode()
+    if not path.name.endswith((".jsonl", ".jsonl.gz")):
+        return json.loads(text)
+    head, *rows = (json.loads(line) for line in text.splitlines() if line.strip())
+    return {**head["meta"], head["rows"]: rows}
+
+
+def beside(path: Path, suffix: str) -> Path:
+    """The .md / .png of a results file: compile_time.jsonl.gz -> compile_time.md."""
+    return path.with_name(Path(path.name.removesuffix(".gz")).stem + suffix)
+
+
 def merge(paths: list[Path], out: Path) -> int:
     """One report from runs made in pieces (long cases run separately, in the background)."""
-    docs = [json.loads(p.read_text()) for p in paths]
+    docs = [read_doc(p) for p in paths]
     doc = dict(docs[0])
     doc["command"] = "\n".join(d["command"] for d in docs)
     doc["when"] = " / ".join(d["when"] for d in docs)
     doc["results"] = [r for d in docs for r in d["results"]]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    out.with_suffix(".md").write_text(markdown(doc))
-    plot(doc, out.with_suffix(".png"))
+    write_doc(out, doc)
+    beside(out, ".md").write_text(markdown(doc))
+    plot(doc, beside(out, ".png"))
     return 0
 
 
@@ -371,7 +410,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--repeat-max-nnz", type=int, default=200_000, help="bigger cases run once")
     ap.add_argument("--no-check", action="store_true", help="skip the SASS check of the CUBINs")
-    ap.add_argument("--out", type=Path, default=RESULTS / "compile_time.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "compile_time.jsonl.gz",
+                    help="results file: .jsonl.gz / .jsonl (JSON Lines), or .json (one document)")
     ap.add_argument("--sample-slabs", type=int, default=None,
                     help="compile only this many slabs (evenly spread) and scale the compile time "
                          "by nnz: an extrapolation, marked as such, for cases too long to run whole")
@@ -418,9 +458,9 @@ def main(argv=None) -> int:
                       f"regs {rec['registers']}, ffma ok {rec.get('ffma_imm_ok')}, warm {rec['warm_s']:.3f}s",
                       flush=True)
             # rewritten after every case, so a long run leaves usable results when cut short
-            args.out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-            args.out.with_suffix(".md").write_text(markdown(doc))
-    plot(doc, args.out.with_suffix(".png"))
+            write_doc(args.out, doc)
+            beside(args.out, ".md").write_text(markdown(doc))
+    plot(doc, beside(args.out, ".png"))
     return 0
 
 

@@ -73,7 +73,7 @@ class Problem:
         random mask with exactly round((1 - sparsity) * size) nonzeros. Deterministic."""
         shape = (self.C_out, self.C_in, self.kernel, self.kernel)
         if self.weight is not None:
-            from sparsert.weights import load_weight
+            from sparsert.frontend.weights import load_weight
 
             return load_weight(self.weight, seed=seed).matrix.toarray().reshape(shape)
         rng = np.random.default_rng(
@@ -408,7 +408,7 @@ def main(argv=None) -> int:
                 print(f"{p.problem:56s} b{batch}: {k.stats.slabs} slab(s), {k.stats.cached_slabs} "
                       f"cached, {k.stats.compile_seconds:.1f} s", flush=True)
         return 0
-    from sparsert.device import gpu_available
+    from sparsert.runtime.device import gpu_available
 
     if not gpu_available():
         print("benchmarks.conv needs a CUDA GPU and PyTorch (use --compile-only to fill the kernel "

@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 import sparsert  # noqa: E402
 import sparsert.torch as st  # noqa: E402
-from sparsert.prune import sparsity_of  # noqa: E402
+from sparsert.frontend.prune import sparsity_of  # noqa: E402
 
 MODELS = ("mobilenet_v2", "minilm", "resnet50")
 
@@ -264,13 +264,13 @@ def versions() -> dict:
         except ImportError:
             v[mod] = None
     try:
-        from sparsert.nvrtc import nvrtc_version
+        from sparsert.toolchain.nvrtc import nvrtc_version
 
         v["nvrtc"] = "%d.%d" % nvrtc_version()
     except Exception:
         v["nvrtc"] = None
     try:
-        from sparsert.ptxas import ptxas_version
+        from sparsert.toolchain.ptxas import ptxas_version
 
         v["ptxas"] = ptxas_version()
     except Exception:

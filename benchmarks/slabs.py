@@ -25,7 +25,7 @@ import time
 
 from benchmarks import common
 from benchmarks.compile_time import make_weight, random_cases
-from sparsert.config import DEFAULT_MAX_SLAB_NNZ as SMALL_SLAB_NNZ  # NVRTC's budget: many launches
+from sparsert.backends.cuda import NVRTC_SLAB_FMAS as SMALL_SLAB_NNZ  # NVRTC's budget: many launches
 
 
 def budgets(ffmas: int, counts: list[int]) -> list[tuple[str, int]]:
@@ -115,7 +115,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from sparsert.device import gpu_available
+    from sparsert.runtime.device import gpu_available
 
     if not gpu_available():
         print("benchmarks.slabs times kernels: it needs a CUDA GPU", file=sys.stderr)

@@ -115,7 +115,7 @@ def _seed(text: str, seed: int) -> int:
 def make_weight(p: Problem, *, shared: Path, seed: int = 0):
     """The problem's weight: DLMC patterns with normal values from `seed`; CSV problems as a
     uniformly random mask with exactly round((1 - sparsity) * M * K) nonzeros. Deterministic."""
-    from sparsert.weights import load_weight
+    from sparsert.frontend.weights import load_weight
 
     if p.suite.startswith("dlmc"):
         return load_weight(shared / p.source, seed=seed)
@@ -454,7 +454,7 @@ def compile_only(args, problems, shared) -> int:
 
     arch = args.arch
     if arch is None:
-        from sparsert.nvrtc import device_arch
+        from sparsert.runtime.device import device_arch
 
         arch = device_arch()
         if arch is None:
@@ -482,7 +482,7 @@ def run(args) -> int:
         return 2
     if args.compile_only:
         return compile_only(args, problems, shared)
-    from sparsert.device import gpu_available
+    from sparsert.runtime.device import gpu_available
 
     if not gpu_available():
         print("benchmarks.spmm needs a CUDA GPU (use --compile-only to fill the kernel cache "

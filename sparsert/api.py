@@ -1,70 +1,21 @@
-"""The public entry point: weight -> plan -> render -> compile (cached) -> SparseKernel."""
+"""The public entry points: compile() and compile_conv2d() -> a callable kernel.
+
+Both load the weight (frontend), settle the options and hand them to the one pipeline
+(pipeline.compile_schedule): resolve the backend, plan, emit, build through the cache.
+"""
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
-import numpy as np
-
-from .compiler import Progress, compile_units, preferred_backend, resolve_backend
-from .config import settings, slab_budget
 from .errors import OptionsError
-from .kernel import SparseKernel, make_stats
+from .frontend.conv import Conv2dSpec, _int, _pair, load_conv_weight
+from .frontend.weights import as_weight, load_bias
 from .options import KernelOptions
-from .plan import plan
-from .render import launch_units, render
-from .weights import Weight, check_finite, load_array, load_weight
-
-
-def resolve_arch(target: str, arch: str | None) -> str:
-    """The explicit arch, else the current GPU's (CUDA), else the configured default."""
-    if arch:
-        return arch
-    if target == "cuda":
-        from .nvrtc import device_arch
-
-        return device_arch() or settings().default_arch
-    return settings().hip_arch
-
-
-def plan_for(matrix, options: KernelOptions, *, backend: str | None = None, **kwargs):
-    """(schedule, backend): plan() with the slab budget of the backend that will build it
-    (config.slab_budget; options.max_slab_nnz wins). `backend`: as compile_units'. Plans again
-    only where the backend expected up front (ptxas installed) cannot take the schedule."""
-    guess = preferred_backend(options.target, backend)
-    schedule = plan(matrix, options, max_slab_nnz=slab_budget(guess), **kwargs)
-    kind = resolve_backend(options.target, backend, schedule=schedule)
-    if kind != guess and slab_budget(kind) != slab_budget(guess):
-        schedule = plan(matrix, options, max_slab_nnz=slab_budget(kind), **kwargs)
-    return schedule, kind
-
-
-def units_for(schedule, target: str, backend: str | None = None):
-    """(units, backend): the PTX backend builds from the schedule itself, so its units carry no
-    source (the CUDA source is rendered only if asked for); NVRTC and hipcc compile the source.
-    `backend`: as compile_units' (None: SPARSERT_BACKEND)."""
-    backend = resolve_backend(target, backend, schedule=schedule)
-    units = launch_units(schedule) if backend == "ptx" else render(schedule, target)
-    return units, backend
-
-
-def as_weight(weight, *, tensor: str | None = None, seed: int = 0, values: str = "normal") -> Weight:
-    return weight if isinstance(weight, Weight) else load_weight(weight, tensor=tensor, seed=seed, values=values)
-
-
-def load_bias(bias, m: int) -> np.ndarray | None:
-    """Bias from an array, or a file in any weight format (flattened to length M)."""
-    if bias is None:
-        return None
-    arr = bias if isinstance(bias, np.ndarray) else load_array(bias)
-    if not isinstance(arr, np.ndarray):
-        arr = arr.toarray()
-    arr = np.asarray(arr, dtype=np.float32).reshape(-1)
-    if arr.shape != (m,):
-        raise OptionsError(f"bias: expected {m} values (one per row of the weight), got {arr.size}")
-    check_finite(arr.reshape(1, -1), what="bias")
-    return arr
+from .pipeline import Layout, compile_schedule, resolve_arch, with_arch
+from .runtime.build import Progress
+from .runtime.conv_kernel import ConvKernel
+from .runtime.kernel import SparseKernel
 
 
 def compile(
@@ -84,6 +35,8 @@ def compile(
     progress: Progress | None = None,
     tune: bool = False,
     name: str | None = None,
+    dtype: str | None = None,
+    accumulate: str | None = None,
 ) -> SparseKernel:
     """Compile a fixed sparse weight A (M x K) into a kernel computing C = A @ B for B of K x n.
 
@@ -96,27 +49,83 @@ def compile(
         options = KernelOptions(n=n)
     elif n is not None and n != options.n:
         options = replace(options, n=n)
-    overrides = {k: v for k, v in (("relu", relu), ("target", target), ("arch", arch)) if v is not None}
+    overrides = {k: v for k, v in (("relu", relu), ("target", target), ("arch", arch), ("dtype", dtype),
+                                   ("accumulate", accumulate)) if v is not None}
     if overrides:
         options = replace(options, **overrides)
     w = as_weight(weight, tensor=tensor, seed=seed, values=values)
-    arch_ = resolve_arch(options.target, options.arch)
-    options = replace(options, arch=arch_)
+    options = with_arch(options)
     if tune:
         from .tune import tuned_options
 
-        options = tuned_options(w, options, bias=bias, progress=progress)
+        options = tuned_options(w, options, bias=bias, progress=progress, compile_fn=compile)
     bias_arr = load_bias(bias, w.shape[0])
+    return compile_schedule(w.matrix, options, bias=bias_arr, weight_digest=w.digest(), name=name or w.name,
+                            use_cache=use_cache, jobs=jobs, progress=progress)
 
-    t0 = time.perf_counter()
-    schedule, backend = plan_for(w.matrix, options, bias=bias_arr, weight_digest=w.digest())
-    t1 = time.perf_counter()
-    units, backend = units_for(schedule, options.target, backend)
-    t2 = time.perf_counter()
-    artifacts = compile_units(units, target=options.target, arch=arch_, use_cache=use_cache,
-                              jobs=jobs, progress=progress, schedule=schedule, backend=backend)
-    t3 = time.perf_counter()
-    stats = make_stats(schedule, units, artifacts, plan_s=t1 - t0, render_s=t2 - t1,
-                       compile_s=t3 - t2)
-    return SparseKernel(schedule=schedule, units=units, artifacts=artifacts, target=options.target,
-                        arch=arch_, name=name or w.name, stats=stats)
+
+def compile_conv2d(
+    weight,
+    input_hw,
+    *,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    bias=None,
+    relu: bool = False,
+    residual: bool = False,
+    batch: int = 1,
+    layout: str | None = None,
+    kernel_size=None,
+    target: str = "cuda",
+    arch: str | None = None,
+    threads_x: int | None = None,
+    vec: int | None = None,
+    thread_groups: int | None = None,
+    rows_per_block: int | None = None,
+    max_slab_nnz: int | None = None,
+    prefetch: int | None = None,
+    dtype: str = "float32",
+    accumulate: str | None = None,
+    tensor: str | None = None,
+    seed: int = 0,
+    values: str = "normal",
+    use_cache: bool = True,
+    jobs: int | None = None,
+    progress: Progress | None = None,
+    name: str | None = None,
+) -> ConvKernel:
+    """Compile a pruned Conv2d filter into a kernel over NCHW float32 inputs of a fixed shape.
+
+    weight: OIHW [C_out, C_in/groups, kh, kw], or its im2col matrix [C_out, C_in/groups*kh*kw]
+    with kernel_size (layout 'oihw' / 'im2col'; default: by rank), as a path (.npy .npz .mtx
+    .smtx .safetensors), an array, a scipy.sparse matrix or a Weight. input_hw: (H, W).
+    stride/padding/dilation: an int or an (h, w) pair. residual=True fuses `+ R` (same shape as
+    the output) before the ReLU. thread_groups is the schedule's Gy (K split inside a block);
+    vec > 1 only for 1x1, stride 1, unpadded convolutions (the only contiguous im2col).
+    """
+    h, w_ = _pair(input_hw, "input_hw", 1)
+    wt, c_in, kh, kw = load_conv_weight(weight, layout=layout, kernel_size=kernel_size,
+                                        groups=groups, tensor=tensor, seed=seed, values=values)
+    spec = Conv2dSpec(c_in=c_in, c_out=wt.shape[0], h=h, w=w_, kh=kh, kw=kw,
+                      stride=_pair(stride, "stride", 1), padding=_pair(padding, "padding", 0),
+                      dilation=_pair(dilation, "dilation", 1), groups=groups,
+                      batch=_int(batch, "batch", 1))
+    n = spec.oh * spec.ow
+    if vec not in (None, 1) and not spec.contiguous:
+        raise OptionsError(f"vec={vec}: vector loads need a contiguous im2col (1x1 kernel, stride 1, "
+                           f"padding 0); this {kh}x{kw} convolution reads one pixel per thread (vec=1)")
+    options = KernelOptions(
+        n=n, target=target, arch=resolve_arch(target, arch), relu=bool(relu), residual=bool(residual),
+        threads_x=threads_x, vec=vec if spec.contiguous else 1, groups=thread_groups,
+        rows_per_block=rows_per_block, max_slab_nnz=max_slab_nnz, prefetch=prefetch, dtype=dtype,
+        accumulate=accumulate)
+    bias_arr = load_bias(bias, spec.c_out)
+
+    layout = Layout(batch=spec.batch, batch_stride_b=spec.c_in * h * w_, batch_stride_c=spec.c_out * n,
+                    extra=(("conv2d", spec.describe()),), conv=None if spec.contiguous else spec.geometry())
+    kernel = compile_schedule(wt.matrix, options, bias=bias_arr, weight_digest=wt.digest(),
+                              name=name or wt.name, layout=layout, use_cache=use_cache, jobs=jobs,
+                              progress=progress)
+    return ConvKernel(kernel, spec, wt, bias_arr)

@@ -9,18 +9,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .choices import BACKEND_CHOICES
 from .errors import OptionsError
 
 DEFAULT_ARCH = "sm_90"  # used when no GPU is present and no --arch is given (H100/H200)
 DEFAULT_HIP_ARCH = "gfx90a"
-# FFMAs (nonzeros x vec) per slab, one launched kernel (several run side by side on forked
-# streams). NVRTC (and hipcc) compile a slab as one function, and their time grows faster than
-# linearly with its size, so their slabs are small. The PTX backend writes each thread block as a
-# function of its own and ptxas assembles them on parallel threads, so one slab can be large: one
-# launch for every layer of ResNet-50 at 90%, with bounded ptxas memory (benchmarks/COMPILE_TIME.md).
-DEFAULT_MAX_SLAB_NNZ = 16384
-DEFAULT_PTX_MAX_SLAB_NNZ = 262144
-BACKENDS = ("auto", "ptx", "nvrtc")
 
 
 def _int(name: str, default: int | None, minimum: int = 1) -> int | None:
@@ -68,14 +61,17 @@ class Settings:
     """SPARSERT_JOBS: parallel compiler processes (default: the machine's cores)."""
     max_slab_nnz: int | None
     """SPARSERT_MAX_SLAB_NNZ: FFMAs (nonzeros x vec) per slab (one launched kernel) above which a
-    kernel is split; None (unset): the backend's default, see slab_budget()."""
+    kernel is split; None (unset): the backend's default (Backend.slab_budget)."""
     backend: str
     """SPARSERT_BACKEND: CUDA code path, 'ptx' (PTX emitter + ptxas), 'nvrtc' (CUDA C++ through
     NVRTC) or 'auto' (default: ptx where ptxas and nvlink are installed, else nvrtc)."""
     hipcc: str
     """SPARSERT_HIPCC: the hipcc executable."""
     cxx: str
-    """SPARSERT_CXX: the host C++20 compiler used by the host (no-GPU) runner."""
+    """SPARSERT_CXX: the host C++20 compiler used by the emulator (generated CUDA on the CPU)."""
+    ptxas: str | None
+    """SPARSERT_PTXAS: the ptxas executable (nvlink is taken from beside it); default: the
+    nvidia-cuda-nvcc wheel's, else PATH."""
 
 
 def settings() -> Settings:
@@ -89,12 +85,9 @@ def settings() -> Settings:
         hip_arch=os.environ.get("SPARSERT_HIP_ARCH") or DEFAULT_HIP_ARCH,
         jobs=_int("SPARSERT_JOBS", os.cpu_count() or 1),
         max_slab_nnz=_int("SPARSERT_MAX_SLAB_NNZ", None),
-        backend=_choice("SPARSERT_BACKEND", "auto", BACKENDS),
+        backend=_choice("SPARSERT_BACKEND", "auto", BACKEND_CHOICES),
         hipcc=os.environ.get("SPARSERT_HIPCC") or "hipcc",
         cxx=os.environ.get("SPARSERT_CXX") or "g++",
+        ptxas=os.environ.get("SPARSERT_PTXAS") or None,
     )
 
-
-def slab_budget(backend: str) -> int:
-    """FFMAs per slab for `backend` ('ptx', 'nvrtc', 'hipcc'): SPARSERT_MAX_SLAB_NNZ, else its default."""
-    return settings().max_slab_nnz or (DEFAULT_PTX_MAX_SLAB_NNZ if backend == "ptx" else DEFAULT_MAX_SLAB_NNZ)

@@ -1,8 +1,6 @@
-"""Where the shipped text resources (Jinja templates, the host shim header) live.
-
-They sit in the repository's top-level templates/ folder, installed as the package
-`sparsert.templates` (see pyproject.toml), so editable and regular installs find them alike.
-"""
+"""Where the shipped text resources live: the repository's top-level templates/ folder (one
+folder per backend inside), installed as the package `sparsert.templates` (pyproject.toml), so
+editable and regular installs find them alike. Every template is found through template_dir()."""
 
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ def corpus(root: Path) -> list[dict]:
 
 # -- rendering (the package's API is used here only) ----------------------------------------------
 def _matrix(case: dict) -> sp.csr_matrix:
-    from sparsert.weights import load_weight
+    from sparsert.frontend.weights import load_weight
 
     if "smtx" in case:
         return load_weight(case["smtx"]).matrix
@@ -107,11 +107,12 @@ def _matrix(case: dict) -> sp.csr_matrix:
 
 def _artifacts(case: dict) -> dict[str, str]:
     """{artifact name: generated text} for one case."""
-    from sparsert.config import DEFAULT_PTX_MAX_SLAB_NNZ
+    from sparsert.backends.cuda import PTX_SLAB_FMAS as DEFAULT_PTX_MAX_SLAB_NNZ
+    from sparsert.backends.cuda import plan
+    from sparsert.backends.cuda.ptx_objects import render_ptx
+    from sparsert.backends.source.render import render
+    from sparsert.ir.schedule import ConvGeometry
     from sparsert.options import KernelOptions
-    from sparsert.plan import ConvGeometry, plan
-    from sparsert.ptx import render_ptx
-    from sparsert.render import render
 
     a = _matrix(case)
     opts = dict(case.get("opts", {}))

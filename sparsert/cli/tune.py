@@ -1,0 +1,73 @@
+"""`sparsert tune WEIGHT --n N`: search schedules on the GPU, persist the best."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..api import compile as compile_kernel
+from ..check import DEFAULT_RTOL
+from ..choices import VALUE_MODES
+from ..errors import OptionsError
+from ..frontend.weights import as_weight
+from ..options import KernelOptions
+from ..pipeline import resolve_arch
+from ..tune import (
+    DEFAULT_BUDGET,
+    SCHEDULE_FIELDS,
+    TuneStep,
+    load_stored,
+    tune_key,
+    tune_path,
+    tuned_options,
+)
+
+
+def add_tune_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("weight", help="weight file: .npy .npz .mtx .smtx .safetensors")
+    p.add_argument("--n", type=int, required=True, help="columns of B the kernel is specialised to")
+    p.add_argument("--arch", help="sm_80, sm_90, ... (default: the current GPU)")
+    p.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
+                   help=f"most candidates compiled and timed (default {DEFAULT_BUDGET})")
+    p.add_argument("--relu", action="store_true", help="tune the kernel with a fused ReLU")
+    p.add_argument("--bias", help="bias file (M values); its presence is part of the tuning key")
+    p.add_argument("--tensor", help="tensor name inside a .safetensors / multi-array .npz file")
+    p.add_argument("--seed", type=int, default=0, help="seed for values of pattern-only files")
+    p.add_argument("--values", choices=VALUE_MODES, default="normal")
+    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
+                   help=f"max relative error a candidate may show (default {DEFAULT_RTOL:g})")
+    p.add_argument("--force", action="store_true", help="search again even if a result is stored")
+
+
+def tune_main(args) -> int:
+    if args.n is None or args.n <= 0:
+        raise OptionsError(f"--n={args.n}: expected a positive integer")
+    if args.budget <= 0:
+        raise OptionsError(f"--budget={args.budget}: expected a positive integer")
+    w = as_weight(args.weight, tensor=args.tensor, seed=args.seed, values=args.values)
+    opts = KernelOptions(n=args.n, arch=resolve_arch("cuda", args.arch), relu=args.relu)
+    key = tune_key(w.digest(), opts, bias=args.bias is not None)
+    m, k = w.shape
+    print(f"{w.name}: {m} x {k}, {w.nnz} nonzeros ({100 * w.sparsity:.1f}% sparse), "
+          f"n={opts.n}, {opts.arch}", file=sys.stderr)
+    stored = None if args.force else load_stored(key, opts)
+    if stored is not None:
+        best, entry = stored
+        print(f"stored tuning reused (no timing): {tune_path(key)}", file=sys.stderr)
+    else:
+        def progress(i: int, total: int, step: TuneStep) -> None:
+            print(f"  [{i}/{total}] {step.line()}", file=sys.stderr, flush=True)
+
+        best = tuned_options(w, opts, bias=args.bias, progress=progress, budget=args.budget,
+                             force=True, rtol=args.rtol, compile_fn=compile_kernel)
+        entry = json.loads(tune_path(key).read_text())
+        print(f"stored: {tune_path(key)}", file=sys.stderr)
+    params = {f: getattr(best, f) for f in SCHEDULE_FIELDS}
+    line = " ".join(f"--{f.replace('_', '-')} {v}" for f, v in params.items())
+    gain = ""
+    if entry.get("best_us") and entry.get("default_us"):
+        gain = (f" ({entry['best_us']:.2f} us vs default {entry['default_us']:.2f} us, "
+                f"{entry['default_us'] / entry['best_us']:.2f}x)")
+    print(f"best: {line}{gain}")
+    return 0

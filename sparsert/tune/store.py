@@ -1,0 +1,67 @@
+"""Tuning records in the one cache (kind "tune"): keyed by what a result is valid for."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ..config import settings
+from ..errors import OptionsError
+from ..options import KernelOptions
+from ..runtime.cache import CacheStore
+from .space import SCHEDULE_FIELDS, as_options
+
+FORMAT = 2  # 2: prefetch joined the searched fields
+
+
+def tune_key(weight_digest: str, opts: KernelOptions, *, bias: bool) -> dict:
+    """What a stored tuning is valid for. Pinned schedule fields are part of it: a tuning found
+    with vec free is not an answer for a caller who fixed vec=2."""
+    return {
+        "format": FORMAT, "weight": weight_digest, "n": opts.n, "arch": opts.arch,
+        "target": opts.target, "relu": opts.relu, "bias": bool(bias), "residual": opts.residual,
+        "pinned": {f: getattr(opts, f) for f in SCHEDULE_FIELDS if getattr(opts, f) is not None},
+    }
+
+
+def _store() -> CacheStore:
+    # Tuning costs minutes of GPU time: kept even where SPARSERT_CACHE=0 turns kernel caching off.
+    return CacheStore(settings().cache_dir, "tune")
+
+
+def _digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def tune_path(key: dict) -> Path:
+    """Where the record for `key` lives (the payload file of its cache entry: JSON)."""
+    return _store()._paths(_digest(key))[0]
+
+
+def load_stored(key: dict, opts: KernelOptions) -> tuple[KernelOptions, dict] | None:
+    """The stored best options for `key`, or None when absent, unreadable, corrupt or stale."""
+    hit = _store().get(_digest(key))
+    if hit is None:
+        return None
+    try:
+        entry = json.loads(hit.payload)
+        if not isinstance(entry, dict) or entry.get("format") != FORMAT or entry.get("key") != key:
+            return None
+        best = entry["best"]
+        params = tuple(best[f] for f in SCHEDULE_FIELDS)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in params):
+            return None
+        tuned = as_options(opts, params)  # validates (KernelOptions raises OptionsError)
+        if any(getattr(opts, f) is not None and getattr(opts, f) != getattr(tuned, f)
+               for f in SCHEDULE_FIELDS):
+            return None
+        return tuned, entry
+    except (OSError, ValueError, KeyError, TypeError, OptionsError):
+        return None
+
+
+def store(key: dict, entry: dict) -> Path:
+    data = json.dumps({"format": FORMAT, "key": key, **entry}, indent=2, sort_keys=True) + "\n"
+    _store().put(_digest(key), data.encode(), {"what": "tuning record"})
+    return tune_path(key)
