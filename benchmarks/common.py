@@ -40,12 +40,79 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
 
-def shared_dir() -> Path:
-    """The shared data folder: beside the repository, else /work/shared."""
-    for candidate in (REPO.parent / "shared", Path("/work/shared")):
-        if candidate.is_dir():
+KIT_DATA = REPO / ".gpu" / "data"  # the GPU kit's copy (tools/gpukit), carried to a GPU machine
+
+
+def data_candidates() -> list[Path]:
+    """Where the data folder (problems/, dlmc/) is looked for, in order: SPARSERT_DATA alone when
+    set; else beside the repository (../shared), /work/shared, then the GPU kit's copy (.gpu/data,
+    a subset: the problems and the DLMC layers the kit's run needs)."""
+    from sparsert.config import settings
+
+    chosen = settings().data_dir
+    if chosen is not None:
+        return [chosen]
+    return [REPO.parent / "shared", Path("/work/shared"), KIT_DATA]
+
+
+def data_dir() -> Path:
+    """The data folder (see data_candidates); FileNotFoundError naming every place looked at."""
+    places = data_candidates()
+    for candidate in places:
+        if (candidate / "problems").is_dir() or (candidate / "dlmc").is_dir():
             return candidate
-    raise FileNotFoundError(f"shared data folder not found at {REPO.parent / 'shared'} or /work/shared")
+    raise FileNotFoundError("benchmark data (problems/, dlmc/) not found in "
+                            + ", ".join(map(str, places)) + " (set SPARSERT_DATA, or build the kit: make gpu-kit)")
+
+
+shared_dir = data_dir  # the former name
+
+
+# -- the backend a benchmark builds with ------------------------------------------------------
+def force_backend(name: str) -> str | None:
+    """Make every compile of this process use CUDA backend `name` (SPARSERT_BACKEND), never a
+    silent fallback: returns None when it is available, else the one-line reason it is not."""
+    from sparsert.backends.cuda import BACKENDS
+
+    os.environ["SPARSERT_BACKEND"] = name
+    why = BACKENDS[name].available()
+    return None if why is None else f"backend {name!r} unavailable: {why}"
+
+
+def toolchain(backend: str) -> dict:
+    """The tools that build kernels for `backend`, for the results (versions and paths)."""
+    out: dict = {"backend": backend}
+    if backend == "ptx":
+        from sparsert.toolchain import ptxas
+
+        out.update(ptxas=_try(ptxas.ptxas_version), nvlink=_try(ptxas.nvlink_version),
+                   ptxas_path=ptxas.find_ptxas(), nvlink_path=ptxas.find_nvlink())
+    else:
+        out["nvrtc"] = _try(lambda: ".".join(map(str, __import__("sparsert.toolchain.nvrtc").toolchain.nvrtc.nvrtc_version())))
+    return out
+
+
+def stamp(env: dict, kernel=None) -> dict:
+    """What every result record carries: device, driver, CUDA, backend, ptxas, schedule."""
+    tools = env.get("toolchain") or {}
+    return {"device": env.get("device"), "driver": env.get("driver"), "cuda": env.get("cuda_runtime"),
+            "backend": getattr(kernel, "backend", None) or tools.get("backend"),
+            "ptxas": tools.get("ptxas") or tools.get("nvrtc"),
+            "schedule": kernel.schedule.params() if kernel is not None else None}
+
+
+class Deadline:
+    """A time budget (seconds; None: none): a benchmark starts no new measurement after it, so
+    it ends on its own, with complete results, before an outer timeout cuts it off."""
+
+    def __init__(self, seconds: float | None):
+        import time
+
+        self._clock = time.monotonic
+        self.end = None if seconds is None else self._clock() + seconds
+
+    def expired(self) -> bool:
+        return self.end is not None and self._clock() >= self.end
 
 
 # -- peaks ------------------------------------------------------------------------------------
@@ -172,8 +239,9 @@ def gpu_info() -> dict:
     }
 
 
-def environment() -> dict:
-    """Versions of everything that shapes a measurement (null where unreadable)."""
+def environment(backend: str | None = None) -> dict:
+    """Versions of everything that shapes a measurement (null where unreadable); with `backend`,
+    the toolchain that builds its kernels too (`toolchain`)."""
     import sparsert
 
     env = {
@@ -203,6 +271,8 @@ def environment() -> dict:
     except Exception as e:  # noqa: BLE001 - no GPU: the record says why
         env["device"] = None
         env["gpu_error"] = f"{type(e).__name__}: {e}"
+    if backend is not None:
+        env["toolchain"] = toolchain(backend)
     return env
 
 

@@ -166,9 +166,11 @@ def measure(p: Problem, batch: int, *, args) -> dict:
         return rec
     st = conv.stats
     rec["nnz"] = st.nnz
+    rec["stamp"] = common.stamp(getattr(args, "env", None) or {}, conv)
     rec["kernel_info"] = {**conv.schedule.params(), "registers": st.registers,
                           "spill_stores": st.spill_stores, "cached_slabs": st.cached_slabs,
-                          "compile_s": round(time.perf_counter() - t0, 3), "arch": conv.arch}
+                          "compile_s": round(time.perf_counter() - t0, 3), "arch": conv.arch,
+                          "backend": conv.backend}
 
     dev = torch.device("cuda")
     in_bytes, out_bytes = 4 * math.prod(conv.input_shape), 4 * math.prod(conv.output_shape)
@@ -362,6 +364,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     ap.add_argument("--compile-only", action="store_true",
                     help="only compile every kernel (fills the cache; runs without a GPU)")
+    ap.add_argument("--backend", choices=("ptx", "nvrtc"), default="ptx",
+                    help="CUDA backend that builds sparsert's kernels (default ptx; no fallback)")
+    ap.add_argument("--time-budget", type=float, metavar="S",
+                    help="start no new measurement after S seconds (the results stay complete)")
     ap.add_argument("--from-results", type=Path, help="re-check a results .json, redo its .md and .png")
     args = ap.parse_args(argv)
     if any(b <= 0 for b in args.batches):
@@ -394,6 +400,10 @@ def main(argv=None) -> int:
 
     from benchmarks import common
 
+    why = common.force_backend(args.backend)
+    if why is not None:
+        print(f"benchmarks.conv: error: {why}", file=sys.stderr)
+        return 2
     problems = select_problems(args, common.shared_dir())
     if not problems:
         print("no problems selected", file=sys.stderr)
@@ -417,7 +427,9 @@ def main(argv=None) -> int:
     import torch
 
     stream = common.shared_stream()
-    env = common.environment()
+    env = common.environment(args.backend)
+    args.env = env
+    deadline = common.Deadline(args.time_budget)
     env["cudnn"] = torch.backends.cudnn.version()
     env["tf32"] = common.disable_tf32()
     gpu = env.get("gpu") or {}
@@ -434,6 +446,11 @@ def main(argv=None) -> int:
     }
     with stream:
         for p in problems:
+            if deadline.expired():
+                doc["cut"] = f"--time-budget {args.time_budget:g} s spent before {p.problem}"
+                common.write_json_atomic(path, doc)
+                print(doc["cut"], flush=True)
+                break
             for batch in args.batches:
                 rec = measure(p, batch, args=args)
                 doc["records"].append(rec)

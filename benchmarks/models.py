@@ -321,6 +321,14 @@ def run_one(name: str, sparsity: float, batch: int, args, cuda: bool) -> tuple[d
                     record[key.replace("_ms", "_error")] = why
         record |= {"compiled_layers": len(report.compiled), "layers": len(report.layers),
                    "compile_s": round(compile_s, 2)}
+        kernels = [k for m in sparse.modules() if isinstance(m, (st.SparseLinear, st.SparseConv2d))
+                   for k in m.kernels.values()]
+        record["cached_slabs"] = sum(k.stats.cached_slabs for k in kernels)
+        record["slabs"] = sum(len(k.units) for k in kernels)
+        record["stamp"] = {"device": device_info(cuda)["name"], "driver": args.env.get("driver"),
+                           "cuda": torch.version.cuda, "backend": sorted({k.backend for k in kernels}),
+                           "ptxas": args.env.get("ptxas"),
+                           "schedule": [k.schedule.params() for k in kernels]}
         if not args.no_layers:
             record["per_layer"] = per_layer(sparse, dense, inp, **timing)
     print(f"{name:13s} sparsity {sparsity:.2f} batch {batch}: sparsert {record['sparsert_ms']:.3f} ms, "
@@ -330,11 +338,22 @@ def run_one(name: str, sparsity: float, batch: int, args, cuda: bool) -> tuple[d
 
 
 def compile_one(name: str, sparsity: float, batch: int, args) -> dict:
-    """Cold then warm compile of every layer sparsify selects (kernels for args.arch, on the CPU)."""
+    """Cold then warm compile of every layer sparsify selects (kernels for args.arch, on the CPU);
+    with --fill-cache, once, into SPARSERT_CACHE_DIR (the GPU kit's cache)."""
     import tempfile
 
     dense = sparsert.prune(LOADERS[name](args.smoke), sparsity, scope=args.scope).eval()
     inp = example_input(name, dense, batch, args, "cpu")
+    if args.fill_cache:
+        sparse = st.sparsify(dense, inp, min_sparsity=args.min_sparsity, backend="cuda",
+                             arch=args.arch, progress=not args.quiet)
+        kernels = [k for m in sparse.modules() if isinstance(m, (st.SparseLinear, st.SparseConv2d))
+                   for k in m.kernels.values()]
+        cached = sum(k.stats.cached_slabs for k in kernels)
+        slabs = sum(len(k.units) for k in kernels)
+        print(f"{name:13s} sparsity {sparsity:.2f} batch {batch}: {len(kernels)} kernels, "
+              f"{slabs} slab(s), {cached} cached", flush=True)
+        return {"model": name, "sparsity": sparsity, "batch": batch, "slabs": slabs, "cached_slabs": cached}
     with tempfile.TemporaryDirectory(prefix="sparsert-models-cache-") as cache:
         old = os.environ.get("SPARSERT_CACHE_DIR")
         os.environ["SPARSERT_CACHE_DIR"] = cache  # cold: a cache of its own
@@ -393,7 +412,21 @@ def main(argv=None) -> int:
     p.add_argument("--arch", default="sm_90", help="CUDA arch for --compile-only (default sm_90)")
     p.add_argument("--out", help="results JSON (default benchmarks/results/models-<device>.json; "
                                  "--smoke writes nothing unless given)")
+    p.add_argument("--fill-cache", action="store_true",
+                   help="with --compile-only: compile once into SPARSERT_CACHE_DIR (no timing)")
+    p.add_argument("--backend", choices=("ptx", "nvrtc"), default="ptx",
+                   help="CUDA backend that builds sparsert's kernels (default ptx; no fallback)")
     args = p.parse_args(argv)
+    args.env = {}
+    if not args.smoke:
+        from benchmarks import common
+
+        why = common.force_backend(args.backend)
+        if why is not None:
+            print(f"benchmarks/models.py: error: {why}", file=sys.stderr)
+            return 2
+        args.env = {"ptxas": common.toolchain(args.backend).get("ptxas") or args.backend,
+                    "driver": (common.nvidia_smi() or {}).get("driver_version") if not args.compile_only else None}
 
     if args.compile_only:
         from benchmarks.compile_time import machine as describe_machine
@@ -404,7 +437,8 @@ def main(argv=None) -> int:
         result = {"machine": machine, "versions": versions(), "smoke": args.smoke,
                   "settings": {k: v for k, v in vars(args).items() if k not in ("out", "quiet")},
                   "records": records}
-        out = args.out or (None if args.smoke else str(ROOT / "benchmarks" / "results" / "models-compile.json"))
+        out = args.out or (None if args.smoke or args.fill_cache else
+                           str(ROOT / "benchmarks" / "results" / "models-compile.json"))
         if out:
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             Path(out).write_text(json.dumps(result, indent=2) + "\n")

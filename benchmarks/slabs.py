@@ -52,6 +52,7 @@ def measure_case(case: dict, args) -> dict:
                                                                   max_slab_nnz=budget))
         kernels.append((label, kern))
         rec["variants"].append({"label": label, "max_slab_nnz": budget, "slabs": len(kern.units),
+                                "stamp": common.stamp(getattr(args, "env", None) or {}, kern),
                                 "registers": kern.stats.registers, "spills": kern.stats.spill_stores,
                                 "compile_s": round(time.perf_counter() - t0, 2)})
         print(f"{case['name']}: {label}: {len(kern.units)} launch(es), compiled in "
@@ -76,6 +77,20 @@ def measure_case(case: dict, args) -> dict:
     for v in rec["variants"]:
         v["vs_first"] = (v["us"] / base) if base and v.get("us") else None
     return rec
+
+
+def compile_only(args) -> int:
+    import sparsert
+
+    arch = args.arch or "sm_90"
+    for case in random_cases(args.sizes, args.density, args.n):
+        w = make_weight(case)
+        for label, budget in budgets(w.nnz, args.slabs):
+            kern = sparsert.compile(w, options=sparsert.KernelOptions(n=case["n"], arch=arch,
+                                                                      max_slab_nnz=budget))
+            print(f"{case['name']}: {label}: {kern.stats.slabs} slab(s), {kern.stats.cached_slabs} "
+                  f"cached, {kern.stats.compile_seconds:.1f} s", flush=True)
+    return 0
 
 
 def markdown(doc: dict) -> str:
@@ -107,6 +122,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=common.RESULTS)
+    ap.add_argument("--backend", choices=("ptx",), default="ptx",
+                    help="CUDA backend (the slab split is the PTX backend's; no fallback)")
+    ap.add_argument("--compile-only", action="store_true",
+                    help="only compile every variant (fills the cache; runs without a GPU)")
     args = ap.parse_args(argv)
     if any(k < 1 for k in args.slabs):
         ap.error("--slabs: counts must be >= 1")
@@ -115,12 +134,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    why = common.force_backend(args.backend)
+    if why is not None:
+        print(f"benchmarks.slabs: error: {why}", file=sys.stderr)
+        return 2
+    if args.compile_only:
+        return compile_only(args)
     from sparsert.runtime.device import gpu_available
 
     if not gpu_available():
         print("benchmarks.slabs times kernels: it needs a CUDA GPU", file=sys.stderr)
         return 2
-    env = common.environment()
+    env = common.environment(args.backend)
+    args.env = env
     doc = {"format": 1, "kind": "slabs", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "command": "python3 -m benchmarks.slabs " + " ".join(argv if argv is not None else sys.argv[1:]),
            "environment": env, "records": []}

@@ -1,8 +1,9 @@
-"""SpMM benchmark: sparsert against cuBLAS, cuSPARSE, torch dense and torch CSR, fp32.
+"""SpMM benchmark: sparsert against cuBLAS, cuSPARSE, torch dense and torch CSR, fp32 or half.
 
     python3 -m benchmarks.spmm                              # the paper's problems at N x 1, 8, 32
     python3 -m benchmarks.spmm --dlmc all --batches 1       # + every DLMC RN50/Transformer pattern
     python3 -m benchmarks.spmm --compile-only --arch sm_90  # fill the kernel cache, no GPU needed
+    python3 -m benchmarks.spmm --dtype float16              # half precision (see "half precision" below)
 
 For each problem and batch: compile sparsert's kernel (through the kernel cache), build the dense
 masked weight and its CSR, run every method once on the same inputs and check it against cuBLAS
@@ -36,6 +37,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from benchmarks import common
+from sparsert.choices import check_dtype
+from sparsert.errors import OptionsError
 
 METHODS = ("sparsert", "cublas", "cusparse", "torch_dense", "torch_csr")
 BASELINES = METHODS[1:]
@@ -308,6 +311,8 @@ def cublas_vs_fp64(weight, b, ref, columns: int = REF_COLUMNS) -> float:
 
 # -- one measurement --------------------------------------------------------------------------
 def measure(p: Problem, weight, batch: int, *, args, peaks: dict, progress=print) -> dict:
+    if getattr(args, "dtype", "float32") != "float32":
+        return measure_half(p, weight, batch, args=args, peaks=peaks)
     import cupy
 
     import sparsert
@@ -319,6 +324,7 @@ def measure(p: Problem, weight, batch: int, *, args, peaks: dict, progress=print
         "problem": p.name, "suite": p.suite, "use_case": p.use_case, "problem_id": p.problem_id,
         "source": p.source, "M": m, "K": k, "N": n, "base_n": p.n, "batch": batch,
         "nnz": weight.nnz, "k_active": k_active, "sparsity": round(weight.sparsity, 6),
+        "dtype": "float32", "accumulate": "float32",
         "reported_speedup_t4": p.reported_t4 if batch == 1 else None,
         **{f"{meth}_us": None for meth in METHODS},
         "max_rel_err": None, "rel_err": {}, "skipped": {}, "failed": {}, "timing": {},
@@ -331,9 +337,11 @@ def measure(p: Problem, weight, batch: int, *, args, peaks: dict, progress=print
         rec["failed"]["sparsert"] = f"compile: {e}".splitlines()[0]
         return rec
     st = kernel.stats
+    rec["stamp"] = common.stamp(getattr(args, "env", None) or {}, kernel)
     rec["kernel"] = {**kernel.schedule.params(), "registers": st.registers,
                      "spill_stores": st.spill_stores, "compile_s": round(time.perf_counter() - t0, 3),
-                     "cached_slabs": st.cached_slabs, "tuned": bool(args.tune), "arch": kernel.arch}
+                     "cached_slabs": st.cached_slabs, "tuned": bool(args.tune), "arch": kernel.arch,
+                     "backend": kernel.backend}
     floor = None
     if peaks.get("fp32_flops") and peaks.get("dram_bytes_per_s"):
         floor = common.spmm_floor(nnz=weight.nnz, m=m, k_active=k_active, n=n,
@@ -396,6 +404,339 @@ def measure(p: Problem, weight, batch: int, *, args, peaks: dict, progress=print
     return rec
 
 
+# -- half precision (--dtype float16 | bfloat16) ----------------------------------------------
+# Every method runs in the dtype through torch (CuPy has no bfloat16): A, B and C are torch CUDA
+# tensors of the dtype, and the weight's values are rounded to the dtype first, so every method
+# multiplies the same numbers. Each method's output is checked, before it is timed, against the
+# float64 product of those values (torch float64 on the GPU), elementwise relative to
+# S = |A| |B|: |C - C_exact| <= tol S + tiny, with tol the README's bound ("Half precision") for
+# the arithmetic the method is documented to do: Higham's gamma_n over its accumulation format (n
+# terms, any order) plus one rounding to the dtype at the store. Where n u >= 1 no worst-case
+# bound exists and tol is 1 (only gross errors are caught). Each record says, per variant, what
+# exactly ran and the arithmetic its check assumed (rec["variant_notes"]).
+
+HALF_DTYPES = ("float16", "bfloat16")
+# unit roundoff of each accumulation format; "float32_tc": fp32 accumulation inside tensor cores,
+# which truncates (round toward zero: 2u; Fasi, Higham, Mikaitis, Pranesh 2021, "Numerical
+# behavior of NVIDIA tensor cores")
+UNIT_ROUNDOFF = {"float32": 2.0**-24, "float32_tc": 2.0**-23, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+HALF_TINY = {"float16": 2.0**-25, "bfloat16": 2.0**-134}  # half the smallest subnormal
+
+
+def check_bound(dtype: str, accumulate: str, n: int) -> tuple[float, float]:
+    """(tol, tiny) with |C - C_exact| <= tol * S + tiny elementwise, for a sum of n products
+    accumulated in `accumulate` (any order) and rounded once to `dtype` (README "Half precision",
+    no bias): tol = gamma_n(u_acc) + u_out (1 + gamma_n(u_acc)), 1 where n u_acc >= 1; tiny = the
+    store's half subnormal step plus, for half accumulation, one per operation."""
+    u_acc, u_out = UNIT_ROUNDOFF[accumulate], UNIT_ROUNDOFF[dtype]
+    if n * u_acc >= 1:
+        tol = 1.0
+    else:
+        g = n * u_acc / (1 - n * u_acc)
+        tol = g + u_out * (1 + g)
+    tiny = HALF_TINY[dtype] + (n * HALF_TINY[accumulate] if accumulate in HALF_TINY else 0.0)
+    return tol, tiny
+
+
+def half_variants(dtype: str, accumulate: str, *, k: int, row_nnz: int, groups: int,
+                  acc16: bool = False) -> dict[str, dict]:
+    """Every method variant of a half-precision run: what runs, exactly (recorded with the
+    results), the accumulation format and number of terms its check assumes, and (tol, tiny)."""
+    short = {"float16": "fp16", "bfloat16": "bf16"}[dtype]
+    cuda_t = {"float16": "CUDA_R_16F", "bfloat16": "CUDA_R_16BF"}[dtype]
+    flag = f"torch.backends.cuda.matmul.allow_{short}_reduced_precision_reduction"
+    gemm = f"cublasGemmEx ({cuda_t} A, B, C; CUBLAS_COMPUTE_32F; tensor cores)"
+    tc = (f"tensor cores on: torch.mm in {dtype} with {flag}=False: {gemm}, split-K partial sums "
+          f"reduced in fp32")
+    tc_reduced = (f"tensor cores on: torch.mm in {dtype} with {flag}=True (torch's default): {gemm}; "
+                  f"cuBLAS may reduce split-K partial sums in {dtype} (checked as if every addition "
+                  f"were in {dtype})")
+    sgemm = (f"tensor cores off: torch.mm on float32 copies of A and B made before timing, TF32 off "
+             f"(torch.backends.cuda.matmul.allow_tf32=False): cuBLAS SGEMM, FFMA; the time is the "
+             f"GEMM alone, without the conversions; its float32 C is rounded to {dtype} for the check")
+    csr = (f"torch.mm(torch.sparse_csr_tensor in {dtype}, B): torch's cusparseSpMM ({cuda_t}, "
+           f"CUDA_R_32F compute)")
+    specs = {
+        "sparsert:unrolled": (f"sparsert kernel, dtype={dtype}, accumulate={accumulate}",
+                              accumulate, row_nnz + groups),
+        "cublas:tc": (tc, "float32_tc", k),
+        "cublas:tc_reduced": (tc_reduced, dtype, k),
+        "cublas:sgemm_fp32": (sgemm, "float32", k),
+        "cusparse:csr": (csr, "float32", row_nnz),
+        "torch_dense:matmul": (f"torch.matmul in {dtype} with torch's default settings ({flag}=True)",
+                               dtype, k),
+    }
+    if acc16 and dtype == "float16":
+        specs["cublas:tc_acc16"] = (
+            ("tensor cores on, fp16 accumulation: torch.mm in float16 with torch.backends.cuda."
+             "matmul.allow_fp16_accumulation=True: cublasGemmEx with CUBLAS_COMPUTE_16F"), "float16", k)
+    out = {}
+    for label, (runs, acc, n) in specs.items():
+        tol, tiny = check_bound(dtype, acc, n)
+        out[label] = {"runs": runs, "accumulate": acc, "terms": n, "tol": tol, "tiny": tiny}
+    return out
+
+
+def s_relative_error(got, exact, s_abs, tiny: float) -> float:
+    """max over elements of (|got - exact| - tiny)+ / S (torch tensors, exact and S float64):
+    the tol a result needs; inf on a shape mismatch, NaN/inf, or an error where S = 0."""
+    import torch
+
+    if tuple(got.shape) != tuple(exact.shape):
+        return math.inf
+    err = (got.double() - exact).abs()
+    if not bool(torch.isfinite(err).all()):
+        return math.inf
+    excess = (err - tiny).clamp_min(0)
+    zero = s_abs == 0
+    if bool((excess[zero] > 0).any()):
+        return math.inf
+    ratio = excess / torch.where(zero, torch.ones_like(s_abs), s_abs)
+    return float(ratio.max()) if ratio.numel() else 0.0
+
+
+def weight_in_dtype(weight, dtype: str):
+    """The weight with its values rounded (to nearest even) to `dtype`, zeros dropped: the A that
+    every method of a half-precision run multiplies by."""
+    from sparsert.frontend.weights import load_weight
+    from sparsert.ir.precision import round_to
+
+    mat = weight.matrix.tocsr(copy=True)
+    mat.data = round_to(mat.data, dtype)
+    mat.eliminate_zeros()
+    w = load_weight(mat)
+    return type(w)(matrix=w.matrix, name=weight.name, source=weight.source)
+
+
+@dataclass(eq=False)
+class HalfOperands:
+    """One half-precision measurement's operands (torch CUDA tensors of the dtype), rotated."""
+
+    weight: object
+    n: int
+    kernel: object
+    sets: int
+    dtype: str
+    a: object = None  # dense masked weight (M x K)
+    b: list = field(default_factory=list)  # K x N
+    c: list = field(default_factory=list)  # M x N
+
+    @classmethod
+    def build(cls, weight, n: int, kernel, *, dtype: str, seed: int) -> HalfOperands:
+        torch = _torch()
+        m, k = weight.shape
+        l2, free = common.l2_and_free_bytes()
+        sets = common.rotation_count(2 * (k * n + m * n), l2, free // 4)
+        t = getattr(torch, dtype)
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        ops = cls(weight=weight, n=n, kernel=kernel, sets=sets, dtype=dtype)
+        ops.a = torch.from_numpy(weight.matrix.toarray()).to("cuda").to(t)  # exact: values are in dtype
+        ops.b = [torch.randn((k, n), generator=gen, device="cuda").to(t) for _ in range(sets)]
+        ops.c = [torch.zeros((m, n), device="cuda", dtype=t) for _ in range(sets)]
+        return ops
+
+
+def _matmul_flags(**flags) -> None:
+    """Set torch.backends.cuda.matmul flags (those this torch has) before a launch."""
+    import torch
+
+    mm = torch.backends.cuda.matmul
+    for name, value in flags.items():
+        if hasattr(mm, name):
+            setattr(mm, name, value)
+
+
+def _reduction_flag(dtype: str) -> str:
+    return f"allow_{'fp16' if dtype == 'float16' else 'bf16'}_reduced_precision_reduction"
+
+
+def prepare_sparsert_half(ops: HalfOperands) -> list[Variant]:
+    s, kernel = ops.sets, ops.kernel
+    return [("unrolled", lambda i: kernel(ops.b[i % s], out=ops.c[i % s]), lambda i: ops.c[i % s])]
+
+
+def prepare_cublas_half(ops: HalfOperands) -> list[Variant]:
+    torch = _torch()
+    s, flag = ops.sets, _reduction_flag(ops.dtype)
+
+    def gemm(**flags):
+        def launch(i):
+            _matmul_flags(**flags)
+            torch.mm(ops.a, ops.b[i % s], out=ops.c[i % s])
+        return launch
+
+    def out(i):
+        return ops.c[i % s]
+
+    variants = [("tc", gemm(**{flag: False, "allow_fp16_accumulation": False}), out),
+                ("tc_reduced", gemm(**{flag: True, "allow_fp16_accumulation": False}), out)]
+    if ops.dtype == "float16" and hasattr(torch.backends.cuda.matmul, "allow_fp16_accumulation"):
+        variants.append(("tc_acc16", gemm(**{flag: True, "allow_fp16_accumulation": True}), out))
+    a32 = ops.a.float()
+    b32 = [b.float() for b in ops.b]
+    c32 = [torch.full(c.shape, math.nan, device=c.device) for c in ops.c]  # written by this variant only
+
+    def sgemm(i):
+        _matmul_flags(allow_tf32=False)
+        torch.mm(a32, b32[i % s], out=c32[i % s])
+
+    variants.append(("sgemm_fp32", sgemm, lambda i: c32[i % s].to(getattr(torch, ops.dtype))))
+    return variants
+
+
+def prepare_cusparse_half(ops: HalfOperands) -> list[Variant]:
+    """cuSPARSE through torch's sparse CSR in the dtype; 'unsupported' when torch refuses it."""
+    torch = _torch()
+    s, t = ops.sets, getattr(torch, ops.dtype)
+    mat = ops.weight.matrix
+    dev = ops.a.device
+    crow = torch.from_numpy(mat.indptr.astype(np.int32)).to(dev)
+    col = torch.from_numpy(mat.indices.astype(np.int32)).to(dev)
+    val = torch.from_numpy(np.asarray(mat.data, np.float32)).to(dev).to(t)
+    try:
+        at = torch.sparse_csr_tensor(crow, col, val, size=mat.shape)
+        torch.mm(at, ops.b[0])
+    except (RuntimeError, NotImplementedError, TypeError) as e:
+        raise Unavailable(f"unsupported: torch sparse CSR @ dense in {ops.dtype}: "
+                          f"{str(e).splitlines()[0][:200]}") from e
+    try:
+        torch.mm(at, ops.b[0], out=ops.c[0])
+    except (RuntimeError, TypeError):  # no out= for sparse @ dense in this torch: allocate
+        last: dict[int, object] = {}
+
+        def launch(i):
+            last[i % s] = torch.mm(at, ops.b[i % s])
+
+        return [("csr", launch, lambda i: last[i % s])]
+    return [("csr", lambda i: torch.mm(at, ops.b[i % s], out=ops.c[i % s]), lambda i: ops.c[i % s])]
+
+
+def prepare_torch_dense_half(ops: HalfOperands) -> list[Variant]:
+    torch = _torch()
+    s, flag = ops.sets, _reduction_flag(ops.dtype)
+
+    def launch(i):
+        _matmul_flags(**{flag: True, "allow_fp16_accumulation": False})  # torch's defaults
+        torch.matmul(ops.a, ops.b[i % s], out=ops.c[i % s])
+
+    return [("matmul", launch, lambda i: ops.c[i % s])]
+
+
+def prepare_torch_csr_half(ops: HalfOperands) -> list[Variant]:
+    raise Unavailable("in half precision the cusparse column is torch's sparse CSR mm "
+                      "(cusparseSpMM); not run twice")
+
+
+PREPARE_HALF = {"sparsert": prepare_sparsert_half, "cublas": prepare_cublas_half,
+                "cusparse": prepare_cusparse_half, "torch_dense": prepare_torch_dense_half,
+                "torch_csr": prepare_torch_csr_half}
+
+
+def measure_half(p: Problem, weight, batch: int, *, args, peaks: dict) -> dict:
+    """measure() in float16 / bfloat16: the same record, every method checked against float64
+    within its own bound (half_variants) before it is timed."""
+    import sparsert
+
+    torch = _torch()
+    dtype, accumulate = args.dtype, args.accumulate or "float32"
+    weight = weight_in_dtype(weight, dtype)
+    n = p.n * batch
+    m, k = weight.shape
+    k_active = int(np.unique(weight.matrix.indices).size)
+    row_nnz = int(np.diff(weight.matrix.indptr).max(initial=0))
+    rec: dict = {
+        "problem": p.name, "suite": p.suite, "use_case": p.use_case, "problem_id": p.problem_id,
+        "source": p.source, "M": m, "K": k, "N": n, "base_n": p.n, "batch": batch,
+        "nnz": weight.nnz, "k_active": k_active, "sparsity": round(weight.sparsity, 6),
+        "dtype": dtype, "accumulate": accumulate,
+        "reported_speedup_t4": p.reported_t4 if batch == 1 else None,
+        **{f"{meth}_us": None for meth in METHODS},
+        "max_rel_err": None, "rel_err": {}, "skipped": {}, "failed": {}, "timing": {},
+        "variants": {}, "efficiency": {}, "variant_notes": {},
+        "check": "max over elements of (|C - C_exact| - tiny)+ / (|A| |B|), C_exact the float64 "
+                 "product of the same dtype values; passes when <= the variant's tol",
+    }
+    t0 = time.perf_counter()
+    try:
+        kernel = sparsert.compile(weight, n=n, arch=args.arch, tune=args.tune, dtype=dtype,
+                                  accumulate=args.accumulate)
+    except sparsert.SparsertError as e:
+        rec["failed"]["sparsert"] = f"compile: {e}".splitlines()[0]
+        return rec
+    st = kernel.stats
+    rec["stamp"] = common.stamp(getattr(args, "env", None) or {}, kernel)
+    rec["kernel"] = {**kernel.schedule.params(), "registers": st.registers,
+                     "spill_stores": st.spill_stores, "compile_s": round(time.perf_counter() - t0, 3),
+                     "cached_slabs": st.cached_slabs, "tuned": bool(args.tune), "arch": kernel.arch,
+                     "backend": kernel.backend}
+    specs = half_variants(dtype, accumulate, k=k, row_nnz=row_nnz, groups=kernel.schedule.groups,
+                          acc16=hasattr(torch.backends.cuda.matmul, "allow_fp16_accumulation"))
+    floor = None
+    if peaks.get("fp32_flops") and peaks.get("dram_bytes_per_s"):
+        # sparsert's own floor: FFMA at the fp32 peak (HFMA2 does two per instruction when packed),
+        # B's touched rows read and C written once in 2-byte elements
+        flops = peaks["fp32_flops"] * (2 if accumulate != "float32" else 1)
+        floor = common.Floor(compute_us=2.0 * weight.nnz * n / flops * 1e6,
+                             memory_us=2.0 * n * (k_active + m) / peaks["dram_bytes_per_s"] * 1e6)
+        rec["floor"] = {"compute_us": floor.compute_us, "memory_us": floor.memory_us,
+                        "floor_us": floor.floor_us, "bound": floor.bound}
+
+    ops = HalfOperands.build(weight, n, kernel, dtype=dtype, seed=args.seed)
+    a64 = ops.a.double()
+    b64 = ops.b[0].double()
+    exact, s_abs = a64 @ b64, a64.abs() @ b64.abs()
+    del a64, b64
+    stream = torch.cuda.current_stream()
+    for meth in args.methods:
+        try:
+            variants = PREPARE_HALF[meth](ops)
+        except Unavailable as e:
+            rec["skipped"][meth] = str(e)
+            continue
+        except Exception as e:  # noqa: BLE001 - record and go on with the other methods
+            rec["failed"][meth] = f"setup: {type(e).__name__}: {e}".splitlines()[0][:300]
+            continue
+        times: dict[str, float] = {}
+        for vname, launch, output in variants:
+            label = f"{meth}:{vname}"
+            spec = specs.get(label)
+            if spec is None:
+                rec["failed"][label] = "no documented arithmetic to check it against (half_variants)"
+                continue
+            rec["variant_notes"][label] = spec
+            try:
+                for c in ops.c:
+                    c.fill_(math.nan)  # a method that writes nothing cannot pass on stale output
+                launch(0)
+                stream.synchronize()
+                err = s_relative_error(output(0), exact, s_abs, spec["tiny"])
+                rec["rel_err"][label] = err
+                if not err <= spec["tol"]:
+                    rec["failed"][label] = (f"error {err:.2e} x |A||B| vs float64 > {spec['tol']:.2e} "
+                                            f"({spec['accumulate']} accumulation, {spec['terms']} terms)")
+                    continue
+                meas = common.measure_us(launch, warmup=args.warmup, repeat=args.repeat)
+            except Exception as e:  # noqa: BLE001 - a CUDA/library error in one method
+                rec["failed"][label] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+                continue
+            times[vname] = meas.median_us
+            rec["timing"][label] = meas.as_dict()
+        if times:
+            best = min(times, key=times.get)
+            rec[f"{meth}_us"] = times[best]
+            if floor is not None:
+                rec["efficiency"][meth] = floor.floor_us / times[best]
+            if len(variants) > 1:
+                rec["variants"][meth] = {"best": best, **times}
+    _matmul_flags(**{_reduction_flag(dtype): True, "allow_fp16_accumulation": False})  # torch's defaults
+    errs = [e for e in rec["rel_err"].values() if e is not None]
+    rec["max_rel_err"] = max(errs) if errs else None
+    del ops, exact, s_abs
+    gc.collect()
+    torch.cuda.empty_cache()
+    return rec
+
+
 # -- the run ----------------------------------------------------------------------------------
 def select(problems: list[Problem], *, only: str | None, sparsity: list[float] | None,
            limit: int | None) -> list[Problem]:
@@ -429,7 +770,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--compile-only", action="store_true",
                     help="only compile every kernel (fills the cache; runs without a GPU)")
     ap.add_argument("--no-report", action="store_true", help="skip the markdown table and plot")
+    ap.add_argument("--dtype", choices=("float32", *HALF_DTYPES), default="float32",
+                    help="B and C (and every baseline) in this dtype (default float32); half "
+                         "precision runs every method through torch and checks each against float64 "
+                         "within its own bound (--tol is for float32)")
+    ap.add_argument("--accumulate", choices=("float32", *HALF_DTYPES),
+                    help="sparsert's arithmetic in half precision: float32 (default) or the dtype "
+                         "(packed HFMA2)")
+    ap.add_argument("--backend", choices=("ptx", "nvrtc"), default="ptx",
+                    help="CUDA backend that builds sparsert's kernels (default ptx; no fallback)")
+    ap.add_argument("--time-budget", type=float, metavar="S",
+                    help="start no new measurement after S seconds (the results stay complete)")
     args = ap.parse_args(argv)
+    try:
+        check_dtype(args.dtype, args.accumulate)
+    except OptionsError as e:
+        ap.error(str(e))
     if any(b <= 0 for b in args.batches):
         ap.error("--batches: positive integers")
     if "cublas" not in args.methods:
@@ -465,9 +821,11 @@ def compile_only(args, problems, shared) -> int:
     bar = tqdm(total=len(problems) * len(args.batches), desc="compiling", unit="kernel")
     for p in problems:
         w = make_weight(p, shared=shared, seed=args.seed)
+        if args.dtype != "float32":
+            w = weight_in_dtype(w, args.dtype)  # the kernel measure_half compiles
         for batch in args.batches:
             bar.set_postfix_str(f"{p.name} N={p.n * batch}")
-            k = sparsert.compile(w, n=p.n * batch, arch=arch)
+            k = sparsert.compile(w, n=p.n * batch, arch=arch, dtype=args.dtype, accumulate=args.accumulate)
             bar.write(f"{p.name:48s} N={p.n * batch:<7d} {k.stats.slabs} slab(s), "
                       f"{k.stats.cached_slabs} cached, {k.stats.compile_seconds:.1f} s")
             bar.update()
@@ -476,6 +834,10 @@ def compile_only(args, problems, shared) -> int:
 
 
 def run(args) -> int:
+    why = common.force_backend(args.backend)
+    if why is not None:
+        print(f"benchmarks.spmm: error: {why}", file=sys.stderr)
+        return 2
     problems, shared = load_selected(args)
     if not problems:
         print("no problems selected", file=sys.stderr)
@@ -488,11 +850,20 @@ def run(args) -> int:
         print("benchmarks.spmm needs a CUDA GPU (use --compile-only to fill the kernel cache "
               "without one)", file=sys.stderr)
         return 2
+    if args.dtype != "float32":
+        try:
+            _torch()
+        except Unavailable as e:
+            print(f"benchmarks.spmm --dtype {args.dtype} runs every method through torch: {e}",
+                  file=sys.stderr)
+            return 2
     from tqdm import tqdm
 
     stream = common.shared_stream()
-    env = common.environment()
+    env = common.environment(args.backend)
     env["tf32"] = common.disable_tf32()
+    args.env = env
+    deadline = common.Deadline(args.time_budget)
     with stream:
         peaks = common.device_peaks()
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -502,6 +873,7 @@ def run(args) -> int:
         "command": " ".join(sys.argv), "environment": env, "peaks": peaks,
         "settings": {"warmup": args.warmup, "repeat": args.repeat, "tol": args.tol,
                      "seed": args.seed, "batches": args.batches, "tune": args.tune,
+                     "dtype": args.dtype, "accumulate": args.accumulate or "float32",
                      "methods": args.methods, "timing": "median of CUDA-event samples (sparsert.tune."
                      "measure_us), B and C rotated over enough sets to exceed 2x L2; A fixed"},
         "records": [],
@@ -510,6 +882,11 @@ def run(args) -> int:
     bar = tqdm(total=len(problems) * len(args.batches), desc="spmm", unit="run")
     with stream:
         for p in problems:
+            if deadline.expired():
+                results["cut"] = f"--time-budget {args.time_budget:g} s spent before {p.name}"
+                common.write_json_atomic(path, results)
+                bar.write(results["cut"])
+                break
             w = make_weight(p, shared=shared, seed=args.seed)
             for batch in args.batches:
                 bar.set_postfix_str(f"{p.name} N={p.n * batch}")

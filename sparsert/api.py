@@ -55,7 +55,11 @@ def compile(
         options = replace(options, **overrides)
     w = as_weight(weight, tensor=tensor, seed=seed, values=values)
     options = with_arch(options)
-    if tune:
+    if tune and options.target == "cpu":  # R, V, chunk and bcast, timed on this CPU
+        from .tune.cpu import tuned_cpu_options
+
+        options = tuned_cpu_options(w, options, bias=bias, progress=progress, compile_fn=compile)
+    elif tune:
         from .tune import tuned_options
 
         options = tuned_options(w, options, bias=bias, progress=progress, compile_fn=compile)

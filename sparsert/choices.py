@@ -7,14 +7,21 @@ import re
 
 from .errors import OptionsError
 
-TARGETS = ("cuda", "hip")
+TARGETS = ("cuda", "hip", "cpu")
 """What a kernel is compiled for. A target has one or more backends (backends/)."""
+CPU_ISAS = ("avx512", "avx2")
+"""The CPU target's `arch`: the x86 vector ISA its code is emitted for (best first)."""
 CUDA_BACKENDS = ("ptx", "nvrtc")
 """How a CUDA kernel is built: PTX emitter + ptxas + nvlink, or CUDA C++ through NVRTC."""
 BACKEND_CHOICES = ("auto", *CUDA_BACKENDS)
 """SPARSERT_BACKEND / backend=: 'auto' takes 'ptx' where ptxas and nvlink are installed."""
 VECTOR_WIDTHS = (1, 2, 4)
 """Consecutive columns of N per GPU thread, loaded as one vector."""
+CPU_VECTORS = (1, 2, 3, 4)
+"""The CPU target's vec: SIMD vectors of N per register block (8 or 16 columns each)."""
+CPU_BROADCASTS = ("embedded", "register")
+"""AVX-512 only: how a weight reaches its FMAs: 'embedded' (a memory operand {1to16} per FMA) or
+'register' (one vbroadcastss, then register FMAs; one accumulator register fewer)."""
 VALUE_MODES = ("normal", "ones")
 """Values drawn for pattern-only weight files (.smtx, pattern .mtx)."""
 MAX_PREFETCH = 64
@@ -30,7 +37,9 @@ only for activations of the same dtype."""
 CUDA_ARCH = re.compile(r"^sm_[1-9][0-9]{1,2}[af]?$")
 # An AMD GPU target, optionally with features: gfx90a, gfx942, gfx1100, gfx90a:xnack-
 HIP_ARCH = re.compile(r"^gfx[0-9]{2,4}[0-9a-f]?(?::[a-z0-9+-]+)*$")
-_ARCH = {"cuda": (CUDA_ARCH, "sm_80, sm_90, sm_90a"), "hip": (HIP_ARCH, "gfx90a, gfx942, gfx90a:xnack-")}
+CPU_ARCH = re.compile(r"^(%s)$" % "|".join(CPU_ISAS))
+_ARCH = {"cuda": (CUDA_ARCH, "sm_80, sm_90, sm_90a"), "hip": (HIP_ARCH, "gfx90a, gfx942, gfx90a:xnack-"),
+         "cpu": (CPU_ARCH, ", ".join(CPU_ISAS))}
 
 
 def check_target(target) -> str:

@@ -9,11 +9,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .choices import BACKEND_CHOICES
+from .choices import BACKEND_CHOICES, CPU_ISAS
 from .errors import OptionsError
 
 DEFAULT_ARCH = "sm_90"  # used when no GPU is present and no --arch is given (H100/H200)
 DEFAULT_HIP_ARCH = "gfx90a"
+DEFAULT_MAX_NNZ = 2**24  # 16,777,216 nonzeros: ~10 min (PTX backend) to 2+ h (NVRTC) on 2 cores
 
 
 def _int(name: str, default: int | None, minimum: int = 1) -> int | None:
@@ -62,6 +63,9 @@ class Settings:
     max_slab_nnz: int | None
     """SPARSERT_MAX_SLAB_NNZ: FFMAs (nonzeros x vec) per slab (one launched kernel) above which a
     kernel is split; None (unset): the backend's default (Backend.slab_budget)."""
+    max_nnz: int
+    """SPARSERT_MAX_NNZ: the most nonzeros a weight may have before a compile is refused (default
+    16,777,216; KernelOptions.max_nnz / --max-nnz raise it for one compile)."""
     backend: str
     """SPARSERT_BACKEND: CUDA code path, 'ptx' (PTX emitter + ptxas), 'nvrtc' (CUDA C++ through
     NVRTC) or 'auto' (default: ptx where ptxas and nvlink are installed, else nvrtc)."""
@@ -69,9 +73,16 @@ class Settings:
     """SPARSERT_HIPCC: the hipcc executable."""
     cxx: str
     """SPARSERT_CXX: the host C++20 compiler used by the emulator (generated CUDA on the CPU)."""
+    cpu_isa: str | None
+    """SPARSERT_CPU_ISA: the CPU target's ISA ('avx512' or 'avx2'; default: the best this CPU runs)."""
+    cpu_threads: int | None
+    """SPARSERT_CPU_THREADS: threads a CPU kernel runs on (default: the physical cores)."""
     ptxas: str | None
     """SPARSERT_PTXAS: the ptxas executable (nvlink is taken from beside it); default: the
     nvidia-cuda-nvcc wheel's, else PATH."""
+    data_dir: Path | None = None
+    """SPARSERT_DATA: the benchmarks' and GPU tests' data folder (problems/, dlmc/); None (unset):
+    looked up beside the repository (benchmarks.common.data_dir)."""
 
 
 def settings() -> Settings:
@@ -85,9 +96,13 @@ def settings() -> Settings:
         hip_arch=os.environ.get("SPARSERT_HIP_ARCH") or DEFAULT_HIP_ARCH,
         jobs=_int("SPARSERT_JOBS", os.cpu_count() or 1),
         max_slab_nnz=_int("SPARSERT_MAX_SLAB_NNZ", None),
+        max_nnz=_int("SPARSERT_MAX_NNZ", DEFAULT_MAX_NNZ),
         backend=_choice("SPARSERT_BACKEND", "auto", BACKEND_CHOICES),
         hipcc=os.environ.get("SPARSERT_HIPCC") or "hipcc",
         cxx=os.environ.get("SPARSERT_CXX") or "g++",
+        cpu_isa=_choice("SPARSERT_CPU_ISA", "", ("",) + CPU_ISAS) or None,
+        cpu_threads=_int("SPARSERT_CPU_THREADS", None),
         ptxas=os.environ.get("SPARSERT_PTXAS") or None,
+        data_dir=Path(os.environ["SPARSERT_DATA"]).expanduser() if os.environ.get("SPARSERT_DATA") else None,
     )
 

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import operator
+from dataclasses import asdict, dataclass, fields
 
-from .choices import MAX_PREFETCH, VECTOR_WIDTHS, check_arch, check_dtype, check_target
+from .choices import (
+    CPU_BROADCASTS,
+    CPU_VECTORS,
+    MAX_PREFETCH,
+    VECTOR_WIDTHS,
+    check_arch,
+    check_dtype,
+    check_target,
+)
 from .errors import OptionsError
 
 
@@ -40,8 +49,27 @@ class KernelOptions:
     """Arithmetic: None or 'float32' (fp32 FFMA with fp32 weights, one rounding at the store), or
     'float16' / 'bfloat16' (= dtype): packed half HFMA2, two columns per instruction, weights
     rounded to that precision (needs an even vec and n)."""
+    max_nnz: int | None = None
+    """Refuse (OptionsError, before planning) a weight with more nonzeros than this (None:
+    SPARSERT_MAX_NNZ, default 16,777,216): an unrolled kernel that big takes an hour or more to
+    assemble. Raise it to compile one anyway."""
+    chunk: int | None = None
+    """CPU only, run time: columns of N per work item (the packed panel of B each block's code
+    sweeps), a multiple of the tile width (vec x 8 or 16 lanes; checked when planned). None: the
+    launcher's choice (a 256 KiB panel, at least 16 tiles, cut finer when threads lack work).
+    Not part of the generated code: kernels differing only in chunk share one cache entry."""
+    bcast: str | None = None
+    """CPU, AVX-512 only: 'embedded' (weights as {1to16} memory operands of the FMAs) or
+    'register' (vbroadcastss + register FMAs, one row fewer at most); None: the backend's default."""
 
     def __post_init__(self) -> None:
+        for name in _INTEGRAL:  # any integral number (np.int64, ...): operator.index, not isinstance
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (int, bool)):
+                try:
+                    object.__setattr__(self, name, operator.index(value))
+                except TypeError:
+                    pass  # refused below, naming the argument
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n <= 0:
             raise OptionsError(f"n={self.n!r}: expected a positive integer (columns of B)")
         check_target(self.target)
@@ -51,10 +79,22 @@ class KernelOptions:
         _positive("groups", self.groups, upper=32)
         _positive("rows_per_block", self.rows_per_block, upper=256)
         _positive("max_slab_nnz", self.max_slab_nnz)
+        _positive("max_nnz", self.max_nnz)
+        _positive("chunk", self.chunk)
+        if self.chunk is not None and self.target != "cpu":
+            raise OptionsError(f"chunk={self.chunk}: a CPU option (columns of N per work item); "
+                               f"target={self.target!r}")
+        if self.bcast is not None:
+            if self.bcast not in CPU_BROADCASTS:
+                raise OptionsError(f"bcast={self.bcast!r}: expected one of {CPU_BROADCASTS}")
+            if self.target != "cpu" or self.arch not in (None, "avx512"):
+                raise OptionsError(f"bcast={self.bcast!r}: an AVX-512 option of the CPU target; "
+                                   f"target={self.target!r}, arch={self.arch!r}")
         _positive("prefetch", self.prefetch, upper=MAX_PREFETCH)
-        if self.vec is not None and self.vec not in VECTOR_WIDTHS:
-            raise OptionsError(f"vec={self.vec!r}: expected one of {VECTOR_WIDTHS}")
-        if self.vec is not None and self.n % self.vec:
+        widths = CPU_VECTORS if self.target == "cpu" else VECTOR_WIDTHS
+        if self.vec is not None and self.vec not in widths:
+            raise OptionsError(f"vec={self.vec!r}: expected one of {widths}")
+        if self.vec is not None and self.n % self.vec and self.target != "cpu":  # the CPU masks its tails
             raise OptionsError(f"vec={self.vec} does not divide n={self.n}: vector loads need n % vec == 0")
         check_dtype(self.dtype, self.accumulate)
         if self.packed and self.vec is not None and self.vec % 2:
@@ -75,6 +115,11 @@ class KernelOptions:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+_INTEGRAL = ("n", "threads_x", "vec", "groups", "rows_per_block", "max_slab_nnz", "prefetch", "max_nnz",
+             "chunk")
+assert set(_INTEGRAL) <= {f.name for f in fields(KernelOptions)}
 
 
 def _positive(name: str, value, upper: int | None = None) -> None:

@@ -11,6 +11,9 @@ Markers (use them instead of local skipifs; the skip is decided here, once):
   torch     needs PyTorch
   cxx       needs a host C++ compiler (g++)
   nvdisasm  needs nvdisasm (pip install nvidia-cuda-nvdisasm)
+  binutils  needs GNU as and ld (the CPU target's assembler and linker)
+  avx2      runs CPU-target kernels natively (an AVX2+FMA CPU)
+  avx512    runs AVX-512 CPU-target kernels natively (elsewhere: the x86 simulator checks them)
   slow      compiles large kernels (minutes)
 """
 
@@ -28,9 +31,27 @@ from sparsert.runtime.device import gpu_available
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _data_candidates() -> list[Path]:
+    """benchmarks.common.data_candidates (not imported here: it sets CUPY_TF32 for the process):
+    SPARSERT_DATA alone when set, else ../shared, /work/shared, the GPU kit's copy (.gpu/data)."""
+    from sparsert.config import settings
+
+    chosen = settings().data_dir
+    return [chosen] if chosen is not None else [REPO.parent / "shared", Path("/work/shared"), REPO / ".gpu" / "data"]
+
+
+def data_dir() -> Path | None:
+    """The benchmarks' data folder (problems/ and the DLMC layers), a GPU kit's subset included."""
+    for candidate in _data_candidates():
+        if (candidate / "problems").is_dir() or (candidate / "dlmc").is_dir():
+            return candidate
+    return None
+
+
 def shared_dir() -> Path | None:
-    for candidate in (REPO.parent / "shared", Path("/work/shared")):
-        if (candidate / "dlmc").is_dir():
+    """The full data folder (every DLMC pattern): a GPU kit's subset (marked KIT_SUBSET) is not."""
+    for candidate in _data_candidates():
+        if (candidate / "dlmc").is_dir() and not (candidate / "KIT_SUBSET").exists():
             return candidate
     return None
 
@@ -64,6 +85,21 @@ def _have_nvdisasm() -> bool:
 
 
 @functools.cache
+def _have_binutils() -> bool:
+    from sparsert.toolchain.binutils import available
+
+    return available() is None
+
+
+def _runs(isa: str):
+    def check() -> bool:
+        from sparsert.backends.cpu.isa import runnable
+
+        return _have_binutils() and _have_cxx() and runnable(isa)
+    return check
+
+
+@functools.cache
 def _have_torch() -> bool:
     return importlib.util.find_spec("torch") is not None
 
@@ -76,6 +112,9 @@ REQUIREMENTS = {
     "torch": (_have_torch, "PyTorch not installed"),
     "cxx": (_have_cxx, "no host C++ compiler (g++)"),
     "nvdisasm": (_have_nvdisasm, "nvdisasm not installed (pip install nvidia-cuda-nvdisasm)"),
+    "binutils": (_have_binutils, "GNU as / ld not installed (apt-get install binutils)"),
+    "avx2": (_runs("avx2"), "needs an AVX2+FMA CPU (and as, ld, a C compiler) to run CPU kernels"),
+    "avx512": (_runs("avx512"), "needs an AVX-512F CPU (and OS support) to run AVX-512 kernels natively"),
 }
 
 
@@ -88,7 +127,7 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for name, (available, why) in REQUIREMENTS.items():
-            if name in item.keywords and not available():
+            if item.get_closest_marker(name) is not None and not available():  # markers, not ids
                 item.add_marker(pytest.mark.skip(reason=why))
 
 

@@ -7,7 +7,8 @@ The corpus (fixed, deterministic): every DLMC pattern at N = 256, the spmm_dl pr
 N, the ResNet-50 3x3 conv table through the virtual im2col, and small random cases covering
 bias / ReLU / residual, vec 1/2/4, groups 1-4, slabs, batches and conv geometries. For each case
 it renders every artifact a backend prints from the schedule (CUDA source, HIP source, the PTX
-objects of each slab in their default layout, and the x86 assembly of the CPU target) and stores
+objects of each slab in their default layout, and the x86 assembly of the CPU target for AVX2 and
+AVX-512) and stores
 one sha256 per artifact. `compare` exits 1 when any hash differs or a case is missing, listing
 them; new cases (a new artifact kind) are reported as added, not as failures.
 
@@ -143,6 +144,30 @@ def _artifacts(case: dict) -> dict[str, str]:
         out[f"hip/{unit.index}"] = unit.source
     for unit in render_ptx(s, "sm_90"):
         out[f"ptx/{unit.index}"] = unit.source
+    out.update(_cpu_artifacts(a, n, opts, plan_kw, case))
+    return out
+
+
+_GPU_ONLY = ("threads_x", "groups", "prefetch", "max_slab_nnz")
+
+
+def _cpu_artifacts(a, n: int, opts: dict, plan_kw: dict, case: dict) -> dict[str, str]:
+    """The CPU target's x86 assembly for both ISAs, under its own parameter choice (register
+    blocks; GPU-only schedule options leave a case out; vec means vectors of N there)."""
+    from sparsert.backends.cpu.emit import emit_parts
+    from sparsert.backends.cpu.lower import lower
+    from sparsert.backends.cpu.params import emit_config, parameters_for
+    from sparsert.ir.plan import plan
+    from sparsert.options import KernelOptions
+
+    if any(key in opts for key in _GPU_ONLY):
+        return {}
+    out = {}
+    for isa in ("avx2", "avx512"):
+        o = KernelOptions(n=n, target="cpu", arch=isa, **{k: v for k, v in opts.items() if k != "rows_per_block"})
+        s = plan(a, o, parameters=parameters_for(isa), weight_digest=f"replay:{case['id']}", max_slab_nnz=1 << 62,
+                 **plan_kw)
+        out[f"x86-{isa}/0"] = "".join(emit_parts(lower(s), emit_config(isa, s.rows_per_block, s.vec, s.n), 1))
     return out
 
 
@@ -221,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  added: {line}")
     for line in diffs:
         print(f"  CHANGED: {line}")
-    same = artifacts - len([d for d in diffs if "differs" in d])
+    same = artifacts - len([d for d in diffs if "differs" in d]) - len([a for a in added if "new artifact" in a])
     print(f"replay: {len(record)} cases, {artifacts} artifacts in {seconds:.0f} s: "
           f"{len(diffs)} changed, {len(added)} added, {same} byte-identical")
     return 1 if diffs else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..check import relative_error, spmm_reference
+from ..errors import OptionsError
 from ..frontend.weights import as_weight, load_bias
 from ..runtime.conv_kernel import ConvKernel
 from ..runtime.device import gpu_available
@@ -12,8 +13,12 @@ from .common import _compile_from_args, summary_lines
 
 
 def cmd_check(args) -> int:
+    if getattr(args, "target", None) == "hip":  # refused before compiling: nothing here can run it
+        raise OptionsError("check --target hip: a HIP kernel runs only on an AMD GPU, which `sparsert check` "
+                           "does not drive, and the host emulator runs the CUDA source only; check the same "
+                           "schedule's numbers with --target cuda, build HIP with `sparsert compile --target hip`")
     kernel = _compile_from_args(args)
-    use_gpu = gpu_available() and not args.host
+    use_gpu = kernel.target == "cuda" and gpu_available() and not args.host
     rng = np.random.default_rng(args.seed + 1)
     if getattr(args, "conv", False):
         where, err = check_conv(kernel, rng=rng, use_gpu=use_gpu)
@@ -38,8 +43,12 @@ def _check_spmm(kernel, args, rng, use_gpu: bool) -> tuple[str, float]:
         where = "GPU"
     else:
         got = kernel.run_host(b)
-        where = "host CPU, no GPU"
+        where = _where_on_host(kernel)
     return where, relative_error(got, ref)
+
+
+def _where_on_host(kernel) -> str:
+    return f"CPU, native {kernel.arch} code" if kernel.target == "cpu" else "host CPU, no GPU"
 
 
 def check_conv(kernel: ConvKernel, *, rng: np.random.Generator, use_gpu: bool) -> tuple[str, float]:
@@ -53,5 +62,5 @@ def check_conv(kernel: ConvKernel, *, rng: np.random.Generator, use_gpu: bool) -
         where = "GPU"
     else:
         got = kernel.run_host(x, residual=r)
-        where = "host CPU, no GPU"
+        where = _where_on_host(kernel)
     return where, relative_error(got, kernel.reference(x, r))

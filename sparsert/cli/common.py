@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..api import compile as compile_kernel
 from ..choices import ACCUMULATE, DTYPES, TARGETS, VALUE_MODES, VECTOR_WIDTHS
-from ..errors import SparsertError
+from ..errors import InputError, OptionsError
 from ..options import KernelOptions
 from .conv_args import add_conv_arguments, conv_from_args
 from .progress import ProgressLine
@@ -56,6 +56,9 @@ def _weight_arguments(p: argparse.ArgumentParser, *, n_required: bool = True, ma
                         "16384 for NVRTC and HIP)")
     p.add_argument("--prefetch", type=_positive_int,
                    help="rows of B each thread loads ahead of use (default 16 / vec)")
+    p.add_argument("--max-nnz", type=_positive_int,
+                   help="refuse weights with more nonzeros than this (default $SPARSERT_MAX_NNZ, else "
+                        "16777216: about 10 min to build on 2 cores); raise it to compile a bigger one")
     p.add_argument("--jobs", type=_positive_int, help="parallel compiler jobs (default: all cores)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the kernel cache")
     p.add_argument("--tune", action="store_true", help="autotune the schedule on the GPU (persisted)")
@@ -67,23 +70,36 @@ def _compile_from_args(args, target: str | None = None, progress=None):
         return conv_from_args(args)
 
     if args.n is None:
-        raise SparsertError("--n: required (columns of B)")
+        raise OptionsError("--n: required (columns of B)")
     options = KernelOptions(
         n=args.n, target=target or args.target, arch=args.arch, relu=args.relu,
         threads_x=args.threads_x, vec=args.vec, groups=args.groups,
         rows_per_block=args.rows_per_block, max_slab_nnz=args.max_slab_nnz, prefetch=args.prefetch,
-        dtype=args.dtype, accumulate=args.accumulate,
+        dtype=args.dtype, accumulate=args.accumulate, max_nnz=args.max_nnz,
     )
-    return compile_kernel(
-        args.weight, options=options, bias=args.bias, tensor=args.tensor, seed=args.seed,
-        values=args.values, use_cache=not args.no_cache, jobs=args.jobs,
-        progress=progress or ProgressLine(), tune=args.tune,
-    )
+    progress = progress or ProgressLine()
+    try:
+        return compile_kernel(
+            args.weight, options=options, bias=args.bias, tensor=args.tensor, seed=args.seed,
+            values=args.values, use_cache=not args.no_cache, jobs=args.jobs, progress=progress, tune=args.tune,
+        )
+    finally:
+        getattr(progress, "close", lambda: None)()
 
 
 # -- summaries --------------------------------------------------------------------------------
 def _fmt_seconds(s: float) -> str:
     return f"{s * 1e3:.0f} ms" if s < 1 else f"{s:.1f} s"
+
+
+def _schedule_line(summary: dict) -> str:
+    s = summary["schedule"]
+    if summary["target"] == "cpu":
+        return (f"  schedule: register blocks of <= {s['rows_per_block']} rows x {s['vec']} vector(s) of N "
+                f"({summary['arch']}), {s['blocks']} blocks; threads at run time")
+    return (f"  schedule: {s['threads_x']} threads x {s['vec']} cols, {s['groups']} group(s) splitting K, "
+            f"<= {s['rows_per_block']} rows/block; grid {tuple(s['grid'])} block {tuple(s['block'])}, "
+            f"{s['shared_bytes']} B shared")
 
 
 def summary_lines(summary: dict, sass=None) -> list[str]:
@@ -92,9 +108,7 @@ def summary_lines(summary: dict, sass=None) -> list[str]:
     lines = [
         f"sparsert {summary['sparsert']}  {summary['name']}  ({summary['target']}, {summary['arch']})",
         f"  A: {s['M']} x {s['K']}, {s['nnz']} nonzeros ({sparsity:.1%} sparse)   B: {s['K']} x {s['N']}",
-        f"  schedule: {s['threads_x']} threads x {s['vec']} cols, {s['groups']} group(s) splitting K, "
-        f"<= {s['rows_per_block']} rows/block; grid {tuple(s['grid'])} block {tuple(s['block'])}, "
-        f"{s['shared_bytes']} B shared",
+        _schedule_line(summary),
         f"  epilogue: bias={'yes' if s['bias'] else 'no'} relu={'yes' if s['relu'] else 'no'} "
         f"residual={'yes' if s['residual'] else 'no'}",
         f"  code: {s['slabs']} slab(s), {summary.get('backend', 'source')} source {st['source_bytes']:,} B, "
@@ -131,11 +145,11 @@ def _expected_imm(summary: dict) -> int:
 
 def _read_summary(path: Path) -> dict:
     if not path.is_file():
-        raise SparsertError(f"{path}: no such file")
+        raise InputError(f"{path}: no such file")
     try:
         summary = json.loads(path.read_text())
         summary["schedule"], summary["stats"]  # noqa: B018 - presence check
     except (ValueError, KeyError, TypeError):
-        raise SparsertError(f"{path}: not a sparsert kernel summary (expected the .json written by "
+        raise InputError(f"{path}: not a sparsert kernel summary (expected the .json written by "
                             f"`sparsert compile`)") from None
     return summary

@@ -6,7 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
-from ..errors import SparsertError
+from ..errors import OptionsError
+from ..runtime.files import check_out_dir
 from .common import _compile_from_args, _fmt_seconds, summary_lines
 from .progress import ProgressLine
 
@@ -15,12 +16,12 @@ def cmd_compile(args) -> int:
     """One kernel per WEIGHT (several: a progress line per layer, names must not collide)."""
     weights = args.weight
     if len(weights) > 1 and args.bias:
-        raise SparsertError("--bias: applies to one weight; compile weights with biases one at a time")
+        raise OptionsError("--bias: applies to one weight; compile weights with biases one at a time")
     names = [Path(w).stem for w in weights]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup is not None:
-        raise SparsertError(f"two weights are named {dup!r}: their outputs in {args.out} would collide")
-    out = Path(args.out)
+        raise OptionsError(f"two weights are named {dup!r}: their outputs in {args.out} would collide")
+    out = check_out_dir(args.out)  # before any compile: a bad --out costs nothing
     t0 = time.perf_counter()
     for i, weight in enumerate(weights):
         one = argparse.Namespace(**(vars(args) | {"weight": weight}))

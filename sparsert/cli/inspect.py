@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import SparsertError
+from ..errors import InputError
 from .common import _compile_from_args, _expected_imm, _read_summary, summary_lines
 
 
@@ -20,7 +20,7 @@ def cmd_inspect(args) -> int:
             parts = []
             for b in binaries:
                 if not b.is_file():
-                    raise SparsertError(f"{b}: CUBIN named by {target} is missing")
+                    raise InputError(f"{b}: CUBIN named by {target} is missing")
                 parts.append(sass_stats(b.read_bytes()))
             sass = merge_stats(parts)
         print("\n".join(summary_lines(summary, sass)))

@@ -1,4 +1,5 @@
-"""`sparsert tune WEIGHT --n N`: search schedules on the GPU, persist the best."""
+"""`sparsert tune WEIGHT --n N [--target cpu]`: search schedules on the GPU (or this CPU), persist
+the best."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import sys
 
 from ..api import compile as compile_kernel
+from ..backends.cpu.runtime import threads_for
 from ..check import DEFAULT_RTOL
 from ..choices import VALUE_MODES
 from ..errors import OptionsError
@@ -22,14 +24,29 @@ from ..tune import (
     tune_path,
     tuned_options,
 )
+from ..tune.cpu import (
+    DEFAULT_CPU_BUDGET,
+    FIELDS,
+    cpu_tune_key,
+    load_cpu_stored,
+    tuned_cpu_options,
+)
 
 
 def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("weight", help="weight file: .npy .npz .mtx .smtx .safetensors")
     p.add_argument("--n", type=int, required=True, help="columns of B the kernel is specialised to")
-    p.add_argument("--arch", help="sm_80, sm_90, ... (default: the current GPU)")
-    p.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
-                   help=f"most candidates compiled and timed (default {DEFAULT_BUDGET})")
+    p.add_argument("--target", choices=("cuda", "cpu"), default="cuda",
+                   help="cuda (default): time on the GPU; cpu: R, V, chunk (and the AVX-512 broadcast) "
+                        "timed on this CPU")
+    p.add_argument("--arch", help="sm_80, sm_90, ... (default: the current GPU); --target cpu: avx2 or "
+                                  "avx512 (default: this CPU's best)")
+    p.add_argument("--threads", type=int,
+                   help="--target cpu: threads the kernel is timed with (part of the stored key; "
+                        "default: what a call uses, SPARSERT_CPU_THREADS or the physical cores)")
+    p.add_argument("--budget", type=int,
+                   help=f"most candidates compiled and timed (default {DEFAULT_BUDGET}; "
+                        f"--target cpu: {DEFAULT_CPU_BUDGET})")
     p.add_argument("--relu", action="store_true", help="tune the kernel with a fused ReLU")
     p.add_argument("--bias", help="bias file (M values); its presence is part of the tuning key")
     p.add_argument("--tensor", help="tensor name inside a .safetensors / multi-array .npz file")
@@ -43,9 +60,14 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
 def tune_main(args) -> int:
     if args.n is None or args.n <= 0:
         raise OptionsError(f"--n={args.n}: expected a positive integer")
-    if args.budget <= 0:
+    if args.budget is not None and args.budget <= 0:
         raise OptionsError(f"--budget={args.budget}: expected a positive integer")
     w = as_weight(args.weight, tensor=args.tensor, seed=args.seed, values=args.values)
+    if args.target == "cpu":
+        return _tune_cpu(args, w)
+    if args.threads is not None:
+        raise OptionsError("--threads: a CPU setting (--target cpu)")
+    args.budget = args.budget or DEFAULT_BUDGET
     opts = KernelOptions(n=args.n, arch=resolve_arch("cuda", args.arch), relu=args.relu)
     key = tune_key(w.digest(), opts, bias=args.bias is not None)
     m, k = w.shape
@@ -69,5 +91,33 @@ def tune_main(args) -> int:
     if entry.get("best_us") and entry.get("default_us"):
         gain = (f" ({entry['best_us']:.2f} us vs default {entry['default_us']:.2f} us, "
                 f"{entry['default_us'] / entry['best_us']:.2f}x)")
+    print(f"best: {line}{gain}")
+    return 0
+
+
+def _tune_cpu(args, w) -> int:
+    threads = threads_for(args.threads)
+    opts = KernelOptions(n=args.n, target="cpu", arch=resolve_arch("cpu", args.arch), relu=args.relu)
+    key = cpu_tune_key(w.digest(), opts, bias=args.bias is not None, threads=threads)
+    m, k = w.shape
+    print(f"{w.name}: {m} x {k}, {w.nnz} nonzeros ({100 * w.sparsity:.1f}% sparse), "
+          f"n={opts.n}, {opts.arch}, {threads} thread{'s' * (threads > 1)}", file=sys.stderr)
+    stored = None if args.force else load_cpu_stored(key, opts)
+    if stored is not None:
+        best, entry = stored
+        print(f"stored tuning reused (no timing): {tune_path(key)}", file=sys.stderr)
+    else:
+        def progress(i: int, total: int, step) -> None:
+            print(f"  [{i}/{total}] {step.line()}", file=sys.stderr, flush=True)
+
+        best = tuned_cpu_options(w, opts, bias=args.bias, threads=threads, progress=progress,
+                                 budget=args.budget, force=True, rtol=args.rtol, compile_fn=compile_kernel)
+        entry = json.loads(tune_path(key).read_text())
+        print(f"stored: {tune_path(key)}", file=sys.stderr)
+    line = " ".join(f"--{f.replace('_', '-')} {getattr(best, f)}" for f in FIELDS if getattr(best, f) is not None)
+    gain = ""
+    if entry.get("best_us") and entry.get("default_us"):
+        gain = (f" ({entry['best_us']:.2f} us vs default {entry['default_us']:.2f} us, interleaved, "
+                f"min of runs: {entry['default_us'] / entry['best_us']:.2f}x)")
     print(f"best: {line}{gain}")
     return 0

@@ -47,8 +47,15 @@ from ..api import compile_conv2d
 from ..config import settings
 from ..errors import InputError, OptionsError, SparsertError
 
-BACKENDS = ("cuda", "host")
+BACKENDS = ("auto", "cuda", "cpu", "host")
+"""Where sparse layers run: 'cuda' (GPU kernels), 'cpu' (the CPU target: x86 code with the weights
+baked in), 'host' (the CUDA kernels' source run on the CPU by the emulator: slow, for checking);
+'auto' picks 'cuda' for a model fed CUDA tensors and 'cpu' otherwise."""
 CONV_UNAVAILABLE = "convolution support not available"
+# torch dtype of a layer's weight -> the kernel's dtype: a sparse layer runs in its weight's dtype
+DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+_CAST = {torch.float32: ".float()", torch.float16: ".half()", torch.bfloat16: ".bfloat16()"}
+_DTYPE_REFUSED = "sparsert kernels are float32, float16 or bfloat16"
 
 
 def _conv_compiler():
@@ -64,6 +71,21 @@ def _weight_sparsity(weight: torch.Tensor) -> float:
     return 1.0 - int(torch.count_nonzero(weight.detach())) / weight.numel()
 
 
+def _to_host(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as run_host takes it: float32 / float16 arrays, bfloat16 as its uint16 bits."""
+    t = t.contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
+def _from_host(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """run_host's result as a tensor of `dtype` (bfloat16 comes back as its uint16 bits)."""
+    if dtype == torch.bfloat16:
+        return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
 # --------------------------------------------------------------------------- sparse modules
 
 
@@ -77,8 +99,9 @@ class _SparseModule(nn.Module):
         super().__init__()
         if backend not in BACKENDS:
             raise OptionsError(f"backend={backend!r}: expected one of {', '.join(map(repr, BACKENDS))}")
-        if dense.weight.dtype != torch.float32:
-            raise InputError(f"{name}: weight dtype {dense.weight.dtype}; sparsert kernels are float32")
+        if dense.weight.dtype not in DTYPES:
+            raise InputError(f"{name}: weight dtype {dense.weight.dtype}; {_DTYPE_REFUSED}")
+        self.dtype = dense.weight.dtype  # the kernels' dtype, and the one input dtype accepted
         # The same Parameters as the dense layer (state_dict keys unchanged), frozen: the values
         # are baked into the kernels, so training them would silently change nothing.
         self.weight = dense.weight
@@ -87,6 +110,7 @@ class _SparseModule(nn.Module):
         if self.bias is not None:
             self.bias.requires_grad_(False)
         self.backend = backend
+        self.target = "cpu" if backend == "cpu" else "cuda"
         self.arch = arch
         self.layer_name = name
         self.use_cache = use_cache
@@ -116,8 +140,10 @@ class _SparseModule(nn.Module):
         return dict(self._kernels)
 
     def _numpy_params(self) -> tuple[np.ndarray, np.ndarray | None]:
-        w = self.weight.detach().to("cpu").numpy()
-        b = None if self.bias is None else self.bias.detach().to("cpu").numpy()
+        """float32 weight and bias (exact for float16 / bfloat16 values; bfloat16 has no .numpy());
+        the compile takes them to the kernel's dtype itself."""
+        w = self.weight.detach().float().cpu().numpy()
+        b = None if self.bias is None else self.bias.detach().float().cpu().numpy()
         return w, b
 
     def kernel_for(self, key, *, jobs: int | None = None):
@@ -145,9 +171,15 @@ class _SparseModule(nn.Module):
             raise InputError(f"{what}: autograd is not supported (sparsert kernels are inference-only); "
                              f"run under torch.no_grad() or torch.inference_mode(), with the "
                              f"parameters frozen")
-        if x.dtype != torch.float32:
-            raise InputError(f"{what}: input dtype {x.dtype}; sparsert kernels are float32 "
-                             f"(cast with .float())")
+        if self.weight.dtype != self.dtype:
+            raise InputError(f"{what}: the weight was cast to {self.weight.dtype} after it was compiled "
+                             f"as {self.dtype}; call sparsert.torch.sparsify() again")
+        if x.dtype != self.dtype:
+            raise InputError(f"{what}: input dtype {x.dtype}; this layer's kernels are {DTYPES[self.dtype]}, "
+                             f"its weight's dtype (cast with {_CAST[self.dtype]})")
+        if self.backend == "cpu" and x.device.type != "cpu":
+            raise InputError(f"{what}: input is on {x.device} but this layer runs on the CPU "
+                             f"(backend='cpu'); pass a CPU tensor, or sparsify with backend='cuda'")
         if self.backend == "cuda" and not x.is_cuda:
             raise InputError(f"{what}: input is a {x.device.type.upper()} tensor but this layer runs "
                              f"on CUDA (backend='cuda'); move the input to the GPU, or sparsify with "
@@ -183,7 +215,7 @@ class SparseLinear(_SparseModule):
     def _build(self, n: int, *, jobs: int | None):
         w, b = self._numpy_params()
         return _compile_kernel(w, n=n, bias=b, arch=self.arch, jobs=jobs, use_cache=self.use_cache,
-                               name=_kernel_name(self.layer_name))
+                               name=_kernel_name(self.layer_name), dtype=DTYPES[self.dtype], target=self.target)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
@@ -198,9 +230,11 @@ class SparseLinear(_SparseModule):
         # B = x^T [in, T]: free (a view) when x arrives feature-major, e.g. from a sparse Linear.
         b = x.detach().reshape(tokens, self.in_features).t()
         if self.backend == "cuda":
-            c = kernel(_aligned(b, 4 * kernel.schedule.vec))
+            c = kernel(_aligned(b, b.element_size() * kernel.schedule.vec))
+        elif self.backend == "cpu":
+            c = kernel(b.contiguous())  # free when x arrives feature-major (from a sparse Linear)
         else:
-            c = torch.from_numpy(kernel.run_host(b.contiguous().numpy()))
+            c = _from_host(kernel.run_host(_to_host(b)), self.dtype)
         y = c.t().reshape(*lead, self.out_features)  # a view: C is [out, T]
         return y.contiguous() if self.contiguous_output else y
 
@@ -235,7 +269,8 @@ class SparseConv2d(_SparseModule):
         return _conv_compiler()(
             weight, (h, w_), stride=self.stride, padding=self.padding, dilation=self.dilation,
             groups=self.groups, bias=bias, batch=batch, arch=self.arch, jobs=jobs,
-            use_cache=self.use_cache, name=_kernel_name(self.layer_name))
+            use_cache=self.use_cache, name=_kernel_name(self.layer_name), dtype=DTYPES[self.dtype],
+            target=self.target)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
@@ -252,8 +287,10 @@ class SparseConv2d(_SparseModule):
         x = x.detach()
         if self.backend == "cuda":
             y = kernel(_aligned(x))
+        elif self.backend == "cpu":
+            y = kernel(x.contiguous())
         else:
-            y = torch.from_numpy(kernel.run_host(x.contiguous().numpy()))
+            y = _from_host(kernel.run_host(_to_host(x)), self.dtype)
         return y.squeeze(0) if unbatched else y
 
     def extra_repr(self) -> str:
@@ -301,6 +338,7 @@ class LayerReport:
     inputs: tuple[tuple[int, ...], ...] = ()  # input shapes seen by the example forward
     kernels: int = 0  # kernels compiled for those inputs
     compile_seconds: float = 0.0
+    dtype: str = ""  # the weight's dtype ("float32", "float16", "bfloat16", ...): the kernels' when compiled
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -331,13 +369,13 @@ class SparsifyReport:
                 "layers": [r.as_dict() for r in self.layers]}
 
     def __str__(self) -> str:
-        rows = [("layer", "type", "weight", "sparsity", "status")]
+        rows = [("layer", "type", "weight", "dtype", "sparsity", "status")]
         for r in self.layers:
             status = (f"compiled ({r.kernels} kernel{'s' * (r.kernels != 1)}, {r.compile_seconds:.1f} s)"
                       if r.compiled else f"skipped: {r.reason}")
-            rows.append((r.name, r.kind, "x".join(map(str, r.shape)), f"{r.sparsity:.3f}", status))
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4] for row in rows]
+            rows.append((r.name, r.kind, "x".join(map(str, r.shape)), r.dtype, f"{r.sparsity:.3f}", status))
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row[:5], widths)) + "  " + row[5] for row in rows]
         lines.append(f"{len(self.compiled)} of {len(self.layers)} layers compiled "
                      f"(backend {self.backend!r}, min_sparsity {self.min_sparsity:g})")
         return "\n".join(lines)
@@ -385,8 +423,9 @@ def _run_example(model: nn.Module, example_input, cands: list[_Candidate]) -> No
             x = args[0] if args else None
             if not isinstance(x, torch.Tensor):
                 cand.bad_input = f"input is a {type(x).__name__}, not a tensor"
-            elif x.dtype != torch.float32:
-                cand.bad_input = f"input dtype {x.dtype}; sparsert kernels are float32"
+            elif x.dtype != _module.weight.dtype:
+                cand.bad_input = (f"input dtype {x.dtype}; the weight is {_module.weight.dtype} "
+                                  f"(a sparse layer runs in its weight's dtype)")
             elif tuple(x.shape) not in cand.inputs:
                 cand.inputs.append(tuple(x.shape))
         return hook
@@ -417,8 +456,8 @@ def _select(cand: _Candidate, min_sparsity: float, exclude) -> str:
     base = nn.Linear if isinstance(m, nn.Linear) else nn.Conv2d
     if not _is_plain(m, base):
         return f"{type(m).__name__} overrides {base.__name__}.forward"
-    if m.weight.dtype != torch.float32:
-        return f"weight dtype {m.weight.dtype}; sparsert kernels are float32"
+    if m.weight.dtype not in DTYPES:
+        return f"weight dtype {m.weight.dtype}; {_DTYPE_REFUSED}"
     if isinstance(m, nn.Conv2d):
         reason = conv_unsupported(m)
         if reason:
@@ -470,7 +509,14 @@ def _progress_callback(progress, total: int):
     return update, bar.close
 
 
-def sparsify(model: nn.Module, example_input, min_sparsity: float = 0.5, *, backend: str = "cuda",
+def _on_cuda(example_input) -> bool:
+    """Is the first tensor of the example input on a CUDA device?"""
+    values = (example_input.values() if isinstance(example_input, Mapping) else
+              example_input if isinstance(example_input, (tuple, list)) else (example_input,))
+    return any(isinstance(v, torch.Tensor) and v.is_cuda for v in values)
+
+
+def sparsify(model: nn.Module, example_input, min_sparsity: float = 0.5, *, backend: str = "auto",
              arch: str | None = None, jobs: int | None = None, progress=True, exclude=(),
              contiguous_output: bool = False, use_cache: bool = True) -> nn.Module:
     """A deep copy of `model` whose nn.Linear / nn.Conv2d layers with weight sparsity >=
@@ -479,15 +525,22 @@ def sparsify(model: nn.Module, example_input, min_sparsity: float = 0.5, *, back
     example_input: what `model` is called with (a tensor, a tuple of positional arguments or a
     dict of keyword arguments); one forward of it records each layer's input shape, and those
     kernels are compiled now (in parallel, through the disk cache); other shapes compile lazily.
-    backend: "cuda" (kernels on the GPU, zero-copy, on torch's current stream) or "host" (the
-    same generated code on the CPU: slow; to check numbers without a GPU). progress: True (a
+    backend: "cuda" (kernels on the GPU, zero-copy, on torch's current stream), "cpu" (the CPU
+    target: x86 code with the weights baked in, on the CPU's cores), "host" (the CUDA kernels run
+    on the CPU by the emulator: slow; to check numbers without a GPU), or "auto" (default: "cuda"
+    for a model fed CUDA tensors, else "cpu"). progress: True (a
     bar), False, or a callable(done, total, layer_name). exclude: layer-name globs to leave dense.
-    The result's `sparsert_report` lists every Linear/Conv2d layer, compiled or skipped and why.
+    Each layer keeps its dtype: float32, float16 and bfloat16 weights compile kernels of that
+    dtype (half: fp32 accumulation, README "Half precision"), which take inputs of that dtype
+    only; a model may mix them. The result's `sparsert_report` lists every Linear/Conv2d layer,
+    its dtype, compiled or skipped and why.
     """
     if not isinstance(model, nn.Module):
         raise OptionsError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if backend not in BACKENDS:
         raise OptionsError(f"backend={backend!r}: expected one of {', '.join(map(repr, BACKENDS))}")
+    if backend == "auto":
+        backend = "cuda" if _on_cuda(example_input) else "cpu"
     if (isinstance(min_sparsity, bool) or not isinstance(min_sparsity, (int, float))
             or not 0.0 <= min_sparsity <= 1.0):
         raise OptionsError(f"min_sparsity={min_sparsity!r}: expected a fraction in [0, 1]")
@@ -523,7 +576,8 @@ def sparsify(model: nn.Module, example_input, min_sparsity: float = 0.5, *, back
                     shape=tuple(c.module.weight.shape), sparsity=_weight_sparsity(c.module.weight),
                     compiled=not c.reason, reason=c.reason, inputs=tuple(c.inputs),
                     kernels=len(c.sparse.kernels) if c.sparse is not None and not c.reason else 0,
-                    compile_seconds=round(c.seconds, 3))
+                    compile_seconds=round(c.seconds, 3),
+                    dtype=str(c.module.weight.dtype).removeprefix("torch."))
         for c in cands))
     model.sparsert_report = report
     return model

@@ -167,5 +167,5 @@ def plan(
         bias_bits=bias_bits, relu=opts.relu, residual=opts.residual,
         weight_digest=weight_digest, batch=batch, batch_stride_b=batch_stride_b,
         batch_stride_c=batch_stride_c, extra=extra, conv=conv, prefetch=prefetch,
-        dtype=opts.dtype, accumulate=accumulate,
+        dtype=opts.dtype, accumulate=accumulate, bcast=opts.bcast, chunk=opts.chunk,
     )

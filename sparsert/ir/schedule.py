@@ -156,6 +156,11 @@ class Schedule:
     # columns per instruction, the weights' bits already rounded to that precision by plan()).
     dtype: str = "float32"
     accumulate: str = "float32"
+    # CPU target only: the AVX-512 broadcast form (None: the backend's default; part of the code),
+    # and the run-time columns of N per work item (None: the launcher's choice). `chunk` changes
+    # no generated code, so it is left out of the digest (and of every cache key).
+    bcast: str | None = None
+    chunk: int | None = None
 
     @property
     def packed(self) -> bool:
@@ -205,6 +210,8 @@ class Schedule:
             h.update(repr(self.conv).encode())
         if self.dtype != "float32" or self.accumulate != "float32":  # likewise: float32 names unchanged
             h.update(repr(("dtype", self.dtype, self.accumulate)).encode())
+        if self.bcast is not None:  # likewise: only when chosen
+            h.update(repr(("bcast", self.bcast)).encode())
         for block in self.blocks:
             h.update(repr(block.rows).encode())
             for g in block.groups:
@@ -216,6 +223,13 @@ class Schedule:
 
     def __hash__(self) -> int:  # the default would walk every block on each call
         return hash(self.digest)
+
+    def __repr__(self) -> str:  # the per-nonzero work stays in .blocks
+        conv = "" if self.conv is None else f", conv={self.conv.kh}x{self.conv.kw}"
+        half = "" if self.dtype == "float32" else f", dtype={self.dtype}, accumulate={self.accumulate}"
+        return (f"Schedule({self.m}x{self.k} @ {self.k}x{self.n}, nnz={self.nnz}, blocks={len(self.blocks)}, "
+                f"slabs={len(self.slabs)}, threads_x={self.threads_x}, vec={self.vec}, groups={self.groups}, "
+                f"rows_per_block={self.rows_per_block}, batch={self.batch}{conv}{half}, digest={self.digest[:12]})")
 
     def params(self) -> dict:
         """The schedule's parameters (no per-nonzero data), for summaries and JSON."""

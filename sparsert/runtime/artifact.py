@@ -4,6 +4,7 @@ and their built artifacts."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -25,3 +26,6 @@ class Artifact:
     binary: bytes
     info: dict = field(hash=False)
     cached: bool = False
+    path: Path | None = field(default=None, hash=False, compare=False)
+    """The verified cache file holding `binary`, for what must be loaded from a file (a shared
+    object through ctypes); None when it did not go through the cache."""

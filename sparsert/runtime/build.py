@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
+from ..toolchain.process import cancelling, shutdown_pool
 from .artifact import Artifact
 from .cache import CacheStore
 
@@ -31,7 +32,8 @@ class CachedBuild:
         if self.cache is None:
             return None
         entry = self.cache.get(self.key)
-        return None if entry is None else Artifact(binary=entry.payload, info=entry.meta, cached=True)
+        return None if entry is None else Artifact(binary=entry.payload, info=entry.meta, cached=True,
+                                                   path=self.cache.payload_path(self.key))
 
     def build(self) -> Artifact:
         return self._build()
@@ -48,13 +50,23 @@ class CachedBuild:
                 return hit
             artifact = self.build()
             self.cache.put(self.key, artifact.binary, artifact.info)
-            return artifact
+            return Artifact(binary=artifact.binary, info=artifact.info, path=self.cache.payload_path(self.key))
 
 
 def build_all(builds: Sequence[CachedBuild], *, jobs: int, progress: Progress | None = None,
               before: Callable[[list[int], int], None] | None = None) -> list[Artifact]:
     """Artifacts in order. `before(todo, workers)` is told which builds missed the cache and how
-    many run at once, before any starts (a backend shares its cores among them)."""
+    many run at once, before any starts (a backend shares its cores among them).
+
+    An interrupt (Ctrl-C, SIGTERM through the CLI) cancels the build: the builds not started are
+    dropped, every running tool is killed and no new one starts (toolchain.process.cancel); the
+    running builds unwind (removing their temporary folders, writing nothing to the cache) before
+    the interrupt propagates."""
+    with cancelling():
+        return _build_all(builds, jobs=jobs, progress=progress, before=before)
+
+
+def _build_all(builds, *, jobs, progress, before) -> list[Artifact]:
     results: list[Artifact | None] = [None] * len(builds)
     todo, done = [], 0
     for i, b in enumerate(builds):
@@ -77,11 +89,18 @@ def build_all(builds: Sequence[CachedBuild], *, jobs: int, progress: Progress | 
         return [r for r in results if r is not None]
     # Biggest first, so the last worker to finish is not the one holding the giant.
     todo.sort(key=lambda i: -builds[i].size)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    failure: BaseException | None = None
+    try:
         futures = {pool.submit(builds[i].load): i for i in todo}
         for fut in as_completed(futures):
             results[futures[fut]] = fut.result()
             done += 1
             if progress:
                 progress(done, len(builds), results[futures[fut]])
+    except BaseException as exc:
+        failure = exc
+        raise
+    finally:
+        shutdown_pool(pool, failure)
     return [r for r in results if r is not None]

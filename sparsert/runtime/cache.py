@@ -77,6 +77,10 @@ class CacheStore:
         folder.mkdir(parents=True, exist_ok=True)
         return filelock.FileLock(str(folder / f"{key}.lock"))
 
+    def payload_path(self, key: str) -> Path:
+        """Where `key`'s payload lives (not checked: get() or path() check it)."""
+        return self._paths(key)[0]
+
     def path(self, key: str) -> Path | None:
         """The payload file of a verified entry (None: absent or corrupt, and removed). Entries
         are never rewritten in place (os.replace), so the verified file stays what it was."""

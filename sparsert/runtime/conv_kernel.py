@@ -3,7 +3,6 @@ im2col, with the shapes of the images it was compiled for)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,10 @@ class ConvKernel:
         self.spec = spec
         self.weight = weight
         self.bias = bias
+
+    def __repr__(self) -> str:
+        return (f"<ConvKernel {self.name!r}: input {self.input_shape} -> output {self.output_shape}, "
+                f"nnz={self.schedule.nnz}, target={self.target}, arch={self.arch}, slabs={len(self.schedule.slabs)}>")
 
     # delegated inspection
     name = property(lambda self: self.kernel.name)
@@ -57,11 +60,7 @@ class ConvKernel:
         return self.kernel.summary() | {"conv": self.spec.as_dict()}
 
     def save(self, out_dir) -> dict[str, Path]:
-        paths = self.kernel.save(out_dir)
-        meta = json.loads(paths["json"].read_text())
-        meta["conv"] = self.spec.as_dict()
-        paths["json"].write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        return paths
+        return self.kernel.save(out_dir, meta={"conv": self.spec.as_dict()})
 
     def oihw(self) -> np.ndarray:
         """The filter as dense float32 [C_out, C_in/groups, kh, kw] (for references)."""
@@ -81,13 +80,19 @@ class ConvKernel:
             raise InputError(f"{what}: shape {tuple(shape)}; this convolution was compiled for "
                              f"{what} of shape {want} (N, C, H, W)")
 
-    def __call__(self, x, *, out=None, residual=None):
-        """GPU run on the caller's current stream; returns `out` (allocated if None)."""
+    def __call__(self, x, *, out=None, residual=None, threads: int | None = None):
+        """Run through the kernel's launcher (CUDA: on the caller's current stream; CPU: on
+        `threads` threads); returns `out` (allocated if None)."""
         self._shape_check(x, "x")
         for what, arr in (("out", out), ("residual", residual)):
             if arr is not None:
                 self._shape_check(arr, what)
-        return self.kernel._launch(x, self.input_shape, self.output_shape, out=out, residual=residual)
+        return self.kernel._launch(x, self.input_shape, self.output_shape, out=out, residual=residual,
+                                   threads=threads)
+
+    @property
+    def asm(self) -> str:
+        return self.kernel.asm
 
     def run_host(self, x: np.ndarray, *, residual: np.ndarray | None = None) -> np.ndarray:
         """CPU run of the generated source (slow; exact same code path as the GPU's)."""

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import ToolchainError
+from ..errors import InputError, ToolchainError
 from ..version import __version__
 from .artifact import Artifact, Unit
 from .stats import KernelStats
@@ -43,6 +43,11 @@ class SparseKernel:
         self._lock = threading.RLock()  # source_units() is also called under it (host_kernels)
 
     # -- inspection -----------------------------------------------------------------------
+
+    def __repr__(self) -> str:  # the bulk (source, PTX, binaries, schedule) stays in attributes
+        s, st = self.schedule, self.stats
+        return (f"<SparseKernel {self.name!r}: {s.m}x{s.k} @ {s.k}x{s.n}, nnz={s.nnz}, target={self.target}, "
+                f"arch={self.arch}, slabs={len(s.slabs)}, registers={st.registers}, dtype={s.dtype}>")
     @property
     def shape(self) -> tuple[int, int]:
         return self.schedule.m, self.schedule.k
@@ -100,33 +105,33 @@ class SparseKernel:
                        "nnz": u.nnz} for u in self.units],
         }
 
-    def save(self, out_dir: str | Path) -> dict[str, Path]:
+    def save(self, out_dir: str | Path, *, meta: dict | None = None) -> dict[str, Path]:
         """Write <name>.cu/.hip (+ _s<i> per slab), the binaries, the PTX they were assembled from
-        (PTX backend) and <name>.json."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        (PTX backend) and <name>.json (with `meta` added). All files are written to a temporary
+        folder first and moved into place, the .json last (runtime/files.py); a folder that cannot
+        be written is an InputError naming it, before any file is touched."""
+        from .files import write_files
+
         source_suffix, binary_suffix = self._backend.suffixes
-        paths: dict[str, Path] = {}
-        files = []
+        files: list[tuple[str, bytes]] = []
+        entries = []
         ptx = self.ptx
         for i, (u, a) in enumerate(zip(self.source_units(), self.artifacts)):
             stem = self.name if len(self.units) == 1 else f"{self.name}_s{u.index}"
-            src = out / f"{stem}{source_suffix}"
-            binf = out / f"{stem}{binary_suffix}"
-            src.write_text(u.source)
-            binf.write_bytes(a.binary)
-            entry = {"source": src.name, "binary": binf.name, "kernel": u.kernel_name}
+            entry = {"source": f"{stem}{source_suffix}", "binary": f"{stem}{binary_suffix}", "kernel": u.kernel_name}
+            files += [(entry["source"], u.source.encode()), (entry["binary"], bytes(a.binary))]
             if ptx is not None:  # what the CUBIN was assembled from
-                (out / f"{stem}.ptx").write_text(ptx[i])
                 entry["ptx"] = f"{stem}.ptx"
-                paths.setdefault("ptx", out / entry["ptx"])
-            files.append(entry)
-            paths.setdefault("source", src)
-            paths.setdefault("binary", binf)
-        summary = self.summary() | {"files": files}
-        meta = out / f"{self.name}.json"
-        meta.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        paths["json"] = meta
+                files.append((entry["ptx"], ptx[i].encode()))
+            entries.append(entry)
+        summary = self.summary() | (meta or {}) | {"files": entries}
+        files.append((f"{self.name}.json", (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode()))
+        written = write_files(out_dir, files)
+        first = entries[0]
+        paths = {"source": written[first["source"]], "binary": written[first["binary"]],
+                 "json": written[f"{self.name}.json"]}
+        if "ptx" in first:
+            paths["ptx"] = written[first["ptx"]]
         return paths
 
     # -- running ----------------------------------------------------------------------------
@@ -134,17 +139,31 @@ class SparseKernel:
         s = self.schedule
         return (s.k, s.n), (s.m, s.n)
 
-    def __call__(self, B, *, out=None, residual=None):
+    def __call__(self, B, *, out=None, residual=None, threads: int | None = None):
         """C = epilogue(A @ B) through the backend's launcher (CUDA: on the caller's current
-        stream, CuPy's or torch's for tensors)."""
+        stream, CuPy's or torch's for tensors; CPU: NumPy arrays or CPU tensors, on `threads`
+        threads, default SPARSERT_CPU_THREADS or the physical cores)."""
         b_shape, c_shape = self._operand_shapes()
-        return self._launch(B, b_shape, c_shape, out=out, residual=residual)
+        return self._launch(B, b_shape, c_shape, out=out, residual=residual, threads=threads)
 
-    def _launch(self, B, b_shape, c_shape, *, out=None, residual=None):
+    def _launch(self, B, b_shape, c_shape, *, out=None, residual=None, threads: int | None = None):
         with self._lock:
             if self._launcher is None:
                 self._launcher = self._backend.launcher(self)
+        if threads is not None:
+            if self.target != "cpu":
+                raise InputError(f"threads={threads}: only CPU kernels take a thread count "
+                                 f"(this one targets {self.target})")
+            return self._launcher(B, b_shape, c_shape, out=out, residual=residual, threads=threads)
         return self._launcher(B, b_shape, c_shape, out=out, residual=residual)
+
+    @property
+    def asm(self) -> str:
+        """The generated x86 assembly (CPU target): the same as `source`."""
+        if self.target != "cpu":
+            raise ToolchainError(f"asm: only CPU kernels are x86 assembly (this one targets {self.target}: "
+                                 f"see .source and .ptx)")
+        return self.source
 
     def run_host(self, B: np.ndarray, *, residual: np.ndarray | None = None) -> np.ndarray:
         """Run the generated source on the CPU (the emulator: slow, the same code as the GPU's)."""

@@ -47,7 +47,7 @@ def make_stats(schedule: Schedule, units, artifacts, *, plan_s: float, render_s:
         slabs=len(units),
         # the source the binaries were built from: the CUDA/HIP units, or the PTX (PTX backend)
         source_bytes=sum(len(u.source.encode()) for u in units) if all(u.source for u in units)
-        else sum(int(a.info.get("ptx_bytes") or 0) for a in artifacts),
+        else sum(int(a.info.get("ptx_bytes") or a.info.get("asm_bytes") or 0) for a in artifacts),
         binary_bytes=sum(len(a.binary) for a in artifacts),
         registers=_max_or_none(a.info.get("registers") for a in artifacts),
         spill_stores=_sum_or_none(a.info.get("spill_stores") for a in artifacts),

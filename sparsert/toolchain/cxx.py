@@ -55,7 +55,7 @@ def build_shared(argv: list[str], args: list[str], *, cwd: Path, out: Path, name
                  timeout: float = 3600) -> ToolResult:
     """`argv args` in `cwd`, expected to write the shared library `out`."""
     t0 = time.perf_counter()
-    proc = run([*argv, *args], name=name, what=what, timeout=timeout, cwd=str(cwd))
+    proc = run([*argv, *args], name=name, what=what, timeout=timeout, cwd=str(cwd), tmpdir=str(cwd))
     log = proc.stderr or proc.stdout
     if proc.returncode != 0 or not out.is_file():
         raise CompileError(f"{name}: {what} failed (exit {proc.returncode}):\n{log_head(log, 30)}")

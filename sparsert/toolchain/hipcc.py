@@ -96,7 +96,7 @@ def compile_hip(source: str, *, arch: str | None = None, name: str = "kernel.hip
         with open(src, "w", encoding="utf-8") as f:
             f.write(source)
         cmd = [exe, f"--offload-arch={arch}", "--genco", "-O3", src, "-o", out]
-        proc = run(cmd, name=name, what=f"hipcc for {arch}", timeout=_TIMEOUT_S, env=_env(), cwd=tmp)
+        proc = run(cmd, name=name, what=f"hipcc for {arch}", timeout=_TIMEOUT_S, env=_env(), cwd=tmp, tmpdir=tmp)
         log = (proc.stdout + proc.stderr).replace(src, name)
         if proc.returncode != 0 or not os.path.isfile(out) or os.path.getsize(out) == 0:
             raise CompileError(f"{name}: hipcc for {arch} failed (exit {proc.returncode}):\n{log_tail(log)}")

@@ -80,6 +80,24 @@ def nvlink_version() -> str:
     return _version(_nvlink())
 
 
+@lru_cache(maxsize=8)
+def _known_archs(exe: str) -> tuple[str, ...]:
+    done = run([exe, "--help"], name=os.path.basename(exe), what="--help", timeout=60)
+    m = re.search(r"--gpu-name.*?Allowed values for this option:(.*?)(?:\n\s*\n|\n--)", done.stdout, re.S)
+    names = set(re.findall(r"'(sm_[0-9]+[a-z]?)'", m.group(1))) if m else set()
+    return tuple(sorted(names, key=lambda a: (int(re.sub(r"\D", "", a)), a)))
+
+
+def unsupported_arch(arch: str) -> str | None:
+    """None when the ptxas in use can assemble for `arch` (or cannot tell), else one line saying
+    which real architectures it knows (checked before planning, so a typo costs no build)."""
+    exe = find_ptxas()
+    known = _known_archs(exe) if exe else ()
+    if not known or arch in known:
+        return None
+    return f"arch={arch!r} (--arch): {ptxas_version()} does not know it; it knows {', '.join(known)}"
+
+
 def _check_arch(arch) -> None:
     if not isinstance(arch, str) or not CUDA_ARCH.match(arch):
         raise OptionsError(f"arch={arch!r}: expected a real CUDA architecture such as 'sm_90'")
@@ -100,7 +118,7 @@ def assemble(ptx: str, *, arch: str, name: str = "kernel.ptx", options: tuple[st
         with open(src, "w") as f:
             f.write(ptx)
         proc = run([exe, f"-arch={arch}", "-v", *options, src, "-o", out], name=name, what="ptxas",
-                   timeout=_TIMEOUT_S)
+                   timeout=_TIMEOUT_S, tmpdir=tmp)
         log = (proc.stdout + proc.stderr).replace(src, name)
         if proc.returncode != 0:
             raise CompileError(f"{name}: ptxas rejected the PTX for {arch} (exit {proc.returncode})\n{log_head(log)}")
@@ -129,7 +147,7 @@ def link(objects: Sequence[tuple[str, bytes]], *, arch: str, name: str = "kernel
             paths.append(path)
         out = os.path.join(tmp, "out.cubin")
         proc = run([exe, f"-arch={arch}", "-v", "-o", out, *paths], name=name, what="nvlink",
-                   timeout=_TIMEOUT_S)
+                   timeout=_TIMEOUT_S, tmpdir=tmp)
         log = proc.stdout + proc.stderr
         for path in paths:
             log = log.replace(path, os.path.basename(path))

@@ -39,15 +39,27 @@ def tune_path(key: dict) -> Path:
     return _store()._paths(_digest(key))[0]
 
 
-def load_stored(key: dict, opts: KernelOptions) -> tuple[KernelOptions, dict] | None:
-    """The stored best options for `key`, or None when absent, unreadable, corrupt or stale."""
+def load_record(key: dict) -> dict | None:
+    """The record stored for `key` (the JSON object), or None when absent, unreadable, corrupt or
+    written for another key or format."""
     hit = _store().get(_digest(key))
     if hit is None:
         return None
     try:
         entry = json.loads(hit.payload)
-        if not isinstance(entry, dict) or entry.get("format") != FORMAT or entry.get("key") != key:
-            return None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(entry, dict) or entry.get("format") != FORMAT or entry.get("key") != key:
+        return None
+    return entry
+
+
+def load_stored(key: dict, opts: KernelOptions) -> tuple[KernelOptions, dict] | None:
+    """The stored best options for `key`, or None when absent, unreadable, corrupt or stale."""
+    entry = load_record(key)
+    if entry is None:
+        return None
+    try:
         best = entry["best"]
         params = tuple(best[f] for f in SCHEDULE_FIELDS)
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in params):

@@ -95,7 +95,7 @@ def test_exclude_unreached_shared_and_dtype():
     torch.manual_seed(2)
     shared = nn.Linear(16, 16)
     unused = nn.Linear(16, 4)
-    half = nn.Linear(16, 16).half()
+    half = nn.Linear(16, 16).double()  # float64: refused (float32, float16, bfloat16 compile)
 
     class Net(nn.Module):
         def __init__(self):
@@ -114,7 +114,7 @@ def test_exclude_unreached_shared_and_dtype():
     assert [r.name for r in rep.layers] == ["a", "unused", "half"]  # a shared layer is listed once
     assert rep["a"].compiled and f.a is f.b and isinstance(f.a, st.SparseLinear)
     assert rep["unused"].reason == "not called by the example forward"
-    assert rep["half"].reason == "weight dtype torch.float16; sparsert kernels are float32"
+    assert rep["half"].reason == "weight dtype torch.float64; sparsert kernels are float32, float16 or bfloat16"
     ex = st.sparsify(net, torch.randn(3, 16), backend="host", progress=False, exclude=["a"])
     assert ex.sparsert_report["a"].reason == "excluded by name" and type(ex.a) is nn.Linear
 
@@ -126,7 +126,8 @@ def test_progress_callback_and_float64_example(mlp):
     f = st.sparsify(copy.deepcopy(mlp).double(), torch.randn(5, 16, dtype=torch.float64), backend="host",
                     progress=False)
     assert {r.reason for r in f.sparsert_report.layers} == {
-        "weight dtype torch.float64; sparsert kernels are float32"}
+        "weight dtype torch.float64; sparsert kernels are float32, float16 or bfloat16"}
+    assert {r.dtype for r in f.sparsert_report.layers} == {"float64"}
 
 
 # --------------------------------------------------------------------------- numbers (host)
@@ -250,7 +251,8 @@ def test_cpu_tensor_on_cuda_backend(mlp):
 
 def test_input_errors(mlp_host):
     with torch.no_grad():
-        with pytest.raises(InputError, match=r"dtype torch.float64; sparsert kernels are float32"):
+        with pytest.raises(InputError, match=r"dtype torch.float64; this layer's kernels are float32, "
+                                             r"its weight's dtype \(cast with \.float\(\)\)$"):
             mlp_host(torch.randn(4, 16, dtype=torch.float64))
         with pytest.raises(InputError, match=r"input shape \(4, 15\); expected \[\.\.\., 16\]"):
             mlp_host[0](torch.randn(4, 15))
@@ -282,6 +284,178 @@ def test_core_does_not_import_torch_module():
 
     code = "import sys, sparsert; assert 'sparsert.torch' not in sys.modules; print('ok')"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "ok\n"
+
+
+# --------------------------------------------------------------------------- half precision
+# A model keeps its dtype: float16 / bfloat16 layers compile kernels of their weight's dtype (fp32
+# accumulation) and run on the host through run_host's half forms. Numbers are checked against the
+# dense model run in float64, elementwise within the README's bound ("Half precision") as
+# tests/helpers/half_model.py's error_bound computes it from each kernel's schedule; through a
+# chain of layers a layer's input error e (vs the exact input) reaches its output as |A| e, and
+# ReLU passes it on unchanged (1-Lipschitz).
+
+HALF = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def _half_mlp(dtype) -> nn.Module:
+    torch.manual_seed(5)
+    return sparsert.prune(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 24)), 0.8).to(dtype)
+
+
+def _bias64(s):
+    return None if s.bias_bits is None else np.array(s.bias_bits, np.uint32).view(np.float32).astype(np.float64)
+
+
+def _linear_bound(layer, x, err_in=None) -> np.ndarray:
+    """Bound on |layer(x) - exact| ([T, out]) for a SparseLinear fed x ([T, in], the kernel's
+    dtype): error_bound on x's values, plus err_in ([T, in], x's own error) carried by |A|."""
+    from half_model import error_bound
+
+    s = layer.kernels[x.shape[0]].schedule
+    A = s.to_csr()
+    bv = x.detach().double().cpu().numpy().T[None]  # B = x^T: the exact values of the half input
+    bound = error_bound(s, A, bv, _bias64(s))[0].T
+    if err_in is not None:
+        bound = bound + err_in @ np.abs(A.toarray().astype(np.float64)).T
+    return bound
+
+
+def _check_half_mlp(model, f, x):
+    """f (the sparsified half MLP) against `model` in float64, within the derived bound."""
+    dtype = x.dtype
+    with torch.no_grad():
+        y = f(x)
+        h = torch.relu(f[0](x))  # what layer 2 of f receives
+    assert y.dtype == dtype and y.shape == (*x.shape[:-1], 24)
+    tokens = x.reshape(-1, 16)
+    bound0 = _linear_bound(f[0], tokens)
+    bound = _linear_bound(f[2], h.reshape(-1, 32), bound0)
+    with torch.no_grad():
+        exact = copy.deepcopy(model).cpu().double()(tokens.cpu().double()).numpy()
+    err = np.abs(y.reshape(-1, 24).cpu().double().numpy() - exact)
+    assert np.all(err <= bound), float(np.max(err - bound))
+
+
+@pytest.mark.parametrize("dtype", list(HALF), ids=list(HALF.values()))
+def test_half_model_on_host_within_the_half_bound(dtype):
+    model = _half_mlp(dtype)
+    torch.manual_seed(7)
+    x = torch.randn(3, 5, 16).to(dtype)
+    f = st.sparsify(model, x, backend="host", progress=False)
+    rep = f.sparsert_report
+    assert [(r.name, r.compiled, r.dtype) for r in rep.layers] == [("0", True, HALF[dtype]), ("2", True, HALF[dtype])]
+    assert str(rep).splitlines()[1].split()[3] == HALF[dtype]  # the report's dtype column
+    for i in (0, 2):
+        assert f[i].dtype == dtype and f[i].weight.dtype == dtype  # the model's parameters keep theirs
+        (kernel,) = f[i].kernels.values()
+        assert (kernel.schedule.dtype, kernel.schedule.accumulate) == (HALF[dtype], "float32")
+    _check_half_mlp(model, f, x)
+    _check_half_mlp(model, f, torch.randn(7, 16).to(dtype))  # another N compiles lazily, same dtype
+    assert f[0].kernels[7].schedule.dtype == HALF[dtype]
+
+
+@pytest.mark.skipif(not HAS_CONV, reason=st.CONV_UNAVAILABLE)
+@pytest.mark.parametrize("dtype", list(HALF), ids=list(HALF.values()))
+def test_half_conv_on_host_within_the_half_bound(dtype):
+    from half_model import error_bound
+    from schedules import im2col
+
+    torch.manual_seed(8)
+    conv = sparsert.prune(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, stride=2)), 0.7).to(dtype)
+    x = torch.randn(2, 3, 7, 6).to(dtype)
+    f = st.sparsify(conv, x, backend="host", progress=False)
+    assert f.sparsert_report["0"].compiled and f.sparsert_report["0"].dtype == HALF[dtype]
+    with torch.no_grad():
+        y = f(x)
+    assert y.dtype == dtype and y.shape == (2, 8, 4, 3)
+    s = f[0].kernels[(2, 7, 6)].schedule
+    assert s.dtype == HALF[dtype]
+    with torch.no_grad():
+        exact = copy.deepcopy(conv).double()(x.double()).numpy().reshape(2, 8, 12)
+    bv = im2col(x.float().numpy(), s.conv).astype(np.float64)  # exact: half values are float32s
+    bound = error_bound(s, s.to_csr(), bv, _bias64(s))
+    err = np.abs(y.double().numpy().reshape(2, 8, 12) - exact)
+    assert np.all(err <= bound), float(np.max(err - bound))
+
+
+def test_float32_model_is_unchanged(mlp, mlp_host):
+    rep = mlp_host.sparsert_report
+    assert [r.dtype for r in rep.layers] == ["float32"] * 3
+    assert str(rep).splitlines()[1].split()[3] == "float32"
+    kernel = mlp_host[0].kernels[6]
+    assert mlp_host[0].dtype == torch.float32 and kernel.schedule.dtype == "float32"
+    w, b = (p.detach().numpy() for p in (mlp[0].weight, mlp[0].bias))
+    plain = sparsert.compile(w, n=6, bias=b, name="0")  # no dtype=: the float32 kernel as before
+    assert kernel.schedule.digest == plain.schedule.digest and kernel.source == plain.source
+    x = torch.randn(6, 16)
+    with torch.no_grad():
+        y = mlp_host[0](x)
+    assert y.dtype == torch.float32
+    assert torch.equal(y, torch.from_numpy(plain.run_host(x.t().contiguous().numpy())).t())
+
+
+def test_half_input_dtype_errors_are_one_line():
+    model = _half_mlp(torch.bfloat16)
+    f = st.sparsify(model, torch.randn(4, 16).bfloat16(), backend="host", progress=False)
+    for wrong in (torch.float32, torch.float16):
+        with torch.no_grad(), pytest.raises(InputError) as e:
+            f(torch.randn(4, 16, dtype=wrong))
+        assert str(e.value) == (f"0 (Linear): input dtype {wrong}; this layer's kernels are bfloat16, "
+                                f"its weight's dtype (cast with .bfloat16())")
+    g = st.sparsify(_half_mlp(torch.float16), torch.randn(4, 16).half(), backend="host", progress=False)
+    with torch.no_grad(), pytest.raises(InputError) as e:
+        g[2](torch.randn(4, 32, dtype=torch.bfloat16))
+    assert str(e.value) == ("2 (Linear): input dtype torch.bfloat16; this layer's kernels are float16, "
+                            "its weight's dtype (cast with .half())")
+    cast = copy.deepcopy(g).float()  # cast after compiling: the kernels are float16 still
+    with torch.no_grad(), pytest.raises(InputError, match=r"^0 \(Linear\): the weight was cast to "
+                                                          r"torch.float32 after it was compiled as "
+                                                          r"torch.float16; call sparsert.torch.sparsify"):
+        cast(torch.randn(4, 16))
+    # under autocast a float32 input reaches the bfloat16 layer: left dense, with the reason
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = st.sparsify(model, torch.randn(4, 16), backend="host", progress=False)
+    rep = auto.sparsert_report
+    assert rep["0"].reason == ("input dtype torch.float32; the weight is torch.bfloat16 "
+                               "(a sparse layer runs in its weight's dtype)")
+    assert type(auto[0]) is nn.Linear and rep["2"].compiled
+
+
+class _Mixed(nn.Module):
+    """A float32 Linear, a float16 Linear between casts, a float32 LayerNorm."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.a = nn.Linear(16, 32)
+        self.b = nn.Linear(32, 16)
+        self.norm = nn.LayerNorm(16)
+
+    def forward(self, x):
+        return self.norm(self.b(torch.relu(self.a(x)).half()).float())
+
+
+def test_mixed_dtypes_in_one_model():
+    net = sparsert.prune(_Mixed(), 0.8)
+    net.b.half()
+    x = torch.randn(2, 3, 16)
+    f = st.sparsify(net, x, backend="host", progress=False)
+    assert [(r.name, r.dtype, r.compiled) for r in f.sparsert_report.layers] == [
+        ("a", "float32", True), ("b", "float16", True)]
+    assert f.a.kernels[6].schedule.dtype == "float32" and f.b.kernels[6].schedule.dtype == "float16"
+    assert f.norm.weight.dtype == torch.float32
+    with torch.no_grad():
+        y = f(x)
+        ya = f.a(x)
+        h = torch.relu(ya).half()
+        yb = f.b(h)
+        assert y.dtype == torch.float32 and yb.dtype == torch.float16
+        assert torch.equal(y, f.norm(yb.float()))
+        assert _rel(ya, net.a(x)) < RTOL
+        exact = copy.deepcopy(net.b).double()(h.double()).reshape(6, 16).numpy()
+    err = np.abs(yb.double().reshape(6, 16).numpy() - exact)
+    bound = _linear_bound(f.b, h.reshape(6, 32))
+    assert np.all(err <= bound), float(np.max(err - bound))
 
 
 # --------------------------------------------------------------------------- GPU
@@ -328,3 +502,16 @@ def test_gpu_cuda_graph_capture(mlp):
         graph.replay()
         torch.cuda.synchronize()
         assert _rel(y, dense(x)) < RTOL
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(HALF), ids=list(HALF.values()))
+def test_gpu_half_model_within_the_half_bound(dtype):
+    model = _half_mlp(dtype).cuda()
+    x = torch.randn(4, 7, 16, device="cuda").to(dtype)
+    f = st.sparsify(model, x, progress=False)
+    assert all(r.compiled and r.dtype == HALF[dtype] for r in f.sparsert_report.layers)
+    assert f[0].kernels[28].schedule.dtype == HALF[dtype]
+    _check_half_mlp(model, f, x)
+    with torch.no_grad(), pytest.raises(InputError, match=r"input dtype torch.float32; this layer's kernels"):
+        f(x.float())

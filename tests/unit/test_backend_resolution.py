@@ -29,7 +29,8 @@ def test_resolve_backend(monkeypatch):
     assert resolve("cuda", None).name == want  # SPARSERT_BACKEND defaults to auto
     with pytest.raises(OptionsError):
         resolve("cuda", "llvm")
-    assert set(all_backends()) == {"ptx", "nvrtc", "hipcc"}
+    assert set(all_backends()) == {"ptx", "nvrtc", "hipcc", "cpu"}
+    assert resolve("cpu").name == resolve("cpu", "ptx").name == "cpu"  # one backend for the CPU target
     monkeypatch.setenv("SPARSERT_BACKEND", "nvrtc")
     assert resolve("cuda", None).name == "nvrtc"
     monkeypatch.setenv("SPARSERT_BACKEND", "fast")

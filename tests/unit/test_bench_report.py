@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_dir
+from conftest import data_dir
 
 from sparsert.runtime.device import gpu_available
 
@@ -200,7 +200,8 @@ def test_benchmark_without_gpu_says_so(shared, capsys):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(shared_dir() is None, reason="shared/ not found")
+@pytest.mark.skipif(data_dir() is None, reason="benchmark data not found: set SPARSERT_DATA or build the "
+                                               "kit (make gpu-kit); looked in ../shared, /work/shared, .gpu/data")
 def test_benchmark_end_to_end_on_gpu(tmp_path):
     rc = spmm.main(["--only", "^p12-s90$", "--batches", "1", "--repeat", "5", "--warmup", "2",
                     "--out", str(tmp_path)])

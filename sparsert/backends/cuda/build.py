@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ...errors import ToolchainError
 from ...ir.schedule import Schedule
 from ...toolchain.nvrtc import compile_cuda
+from ...toolchain.process import shutdown_pool
 from ...toolchain.ptxas import assemble, link
 from ..base import Artifact, Unit
 from .limits import MAX_REGISTERS_PER_THREAD
@@ -114,18 +115,25 @@ class PtxSlabBuild:
         sample = sample_blocks(s, index)
         groups = object_parts(s, index, self.threads, exclude=sample)
         split = max(1, self.ptxas_threads // max(1, len(groups) + len(sample)))  # fewer objects than cores
-        with ThreadPoolExecutor(max_workers=max(1, min(self.threads, len(groups) + len(sample) + 1))) as pool:
-            entry = render(entry_object, s, arch, index)
-            entry_job = pool.submit(self._assemble, entry)
-            fits = list(pool.map(lambda b: fit(lambda c: function_objects(s, arch, index, [(c, (b,))])[0], base),
-                                 sample))
-            cap = max([base] + [c for c, *_ in fits])
-            rest = render(function_objects, s, arch, index, [(cap, g) for g in groups])
-            rest_results = list(pool.map(lambda o: self._assemble(o, split), rest))
-            spills = sorted({i for r in rest_results for i in function_spills(r.log)})
-            refits = list(pool.map(lambda b: (b, fit(lambda c: replacement_object(s, arch, index, b, c),
-                                                     register_cap(s, at_least=cap + 1))), spills))
-            entry_r = entry_job.result()
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.threads, len(groups) + len(sample) + 1)))
+        failure: BaseException | None = None
+        try:
+                entry = render(entry_object, s, arch, index)
+                entry_job = pool.submit(self._assemble, entry)
+                fits = list(pool.map(lambda b: fit(lambda c: function_objects(s, arch, index, [(c, (b,))])[0], base),
+                                     sample))
+                cap = max([base] + [c for c, *_ in fits])
+                rest = render(function_objects, s, arch, index, [(cap, g) for g in groups])
+                rest_results = list(pool.map(lambda o: self._assemble(o, split), rest))
+                spills = sorted({i for r in rest_results for i in function_spills(r.log)})
+                refits = list(pool.map(lambda b: (b, fit(lambda c: replacement_object(s, arch, index, b, c),
+                                                         register_cap(s, at_least=cap + 1))), spills))
+                entry_r = entry_job.result()
+        except BaseException as exc:  # an interrupt: kill the ptxas runs, start no more
+            failure = exc
+            raise
+        finally:
+            shutdown_pool(pool, failure)
         objects = tuple(o for _, o, _, _ in fits) + rest
         results = [r for _, _, r, _ in fits] + rest_results
         replaced = {b: c for b, (c, *_) in refits}

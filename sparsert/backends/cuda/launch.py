@@ -131,6 +131,11 @@ class CudaLauncher:
         for name, arr in (("out", c), ("residual", args[2] if len(args) > 2 else None)):
             if arr is not None and arr.device.id != device_id:
                 raise InputError(f"{name}: on GPU {arr.device.id} but B is on GPU {device_id}")
+        # B (and R) are read through the non-coherent path while C is written: no aliasing
+        for name, arr in (("B", b), ("residual", args[2] if len(args) > 2 else None)):
+            if arr is not None and _overlap(c, arr):
+                raise InputError(f"out: overlaps {name} in memory; the kernel reads {name} while writing out, "
+                                 f"so the result would be wrong; pass a separate output buffer")
         if torch_in:
             import torch
 
@@ -157,12 +162,14 @@ class CudaLauncher:
             all_lanes = (stream, *lanes[1:])
             # biggest slabs first, dealt round-robin, so the lanes finish close together
             order = sorted(range(len(fns)), key=lambda i: -self.units[i].nnz)
-            for j, i in enumerate(order):
-                u = self.units[i]
-                fns[i](u.grid, u.block, args, stream=all_lanes[j % len(all_lanes)])
-            for lane, done in zip(lanes[1:], joins):
-                done.record(lane)
-                stream.wait_event(done)
+            try:
+                for j, i in enumerate(order):
+                    u = self.units[i]
+                    fns[i](u.grid, u.block, args, stream=all_lanes[j % len(all_lanes)])
+            finally:  # a failed launch still joins: the caller's stream waits for what was launched
+                for lane, done in zip(lanes[1:], joins):
+                    done.record(lane)
+                    stream.wait_event(done)
 
     def _lanes(self, device_id: int, slabs: int):
         """(streams, fork event, join events) for this device, made once (lanes[0] stands for the
@@ -177,3 +184,9 @@ class CudaLauncher:
                       [cupy.cuda.Event(disable_timing=True) for _ in side])
             self._streams[device_id] = cached
         return cached
+
+
+def _overlap(a, b) -> bool:
+    """Whether two CuPy arrays' byte ranges intersect (C-contiguous views, as checked)."""
+    a0, b0 = a.data.ptr, b.data.ptr
+    return a0 < b0 + b.nbytes and b0 < a0 + a.nbytes

@@ -61,7 +61,7 @@ def _run_on_cubin(tool: str, args: list[str], cubin: bytes) -> str:
         with open(path, "wb") as f:
             f.write(bytes(cubin))
         proc = run([exe, *args, path], name=tool, what=f"{tool} on a {len(cubin)}-byte cubin",
-                   timeout=_TIMEOUT_S)
+                   timeout=_TIMEOUT_S, tmpdir=tmp)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-20:])
         raise ToolchainError(f"{tool} failed (exit {proc.returncode}) on a {len(cubin)}-byte cubin:\n{tail}")
@@ -131,6 +131,13 @@ class SassStats:
     @property
     def load_use_median(self) -> float | None:
         return float(statistics.median(self.load_use)) if self.load_use else None
+
+    def __repr__(self) -> str:  # the immediates and load distances stay in their attributes
+        med = self.load_use_median
+        half = f", hfma2_imm={self.hfma2_imm}" if self.hfma2 else ""
+        return (f"SassStats(instructions={self.instructions}, ffma_imm={self.ffma_imm}, fmul_imm={self.fmul_imm}"
+                f"{half}, registers={self.registers}, spills={self.spills}, loads={len(self.load_use)}"
+                f"{'' if med is None else f', load_use_median={med:.0f}'}, immediates=<{len(self.immediates)}>)")
 
 
 _INSN_RE = re.compile(

@@ -130,7 +130,7 @@ def _precompiled_shim(argv: list[str], flags: list[str], shim: Path, shim_text: 
         (tmp / "host_shim.h").write_text(shim_text)
         pch_flags = [f for f in flags if f != "-shared"]
         proc = run([*argv, *pch_flags, "-x", "c++-header", "host_shim.h", "-o", "host_shim.h.gch"],
-                   name="host shim", what="precompiled header", timeout=600, cwd=str(tmp))
+                   name="host shim", what="precompiled header", timeout=600, cwd=str(tmp), tmpdir=str(tmp))
         if proc.returncode != 0 or not (tmp / "host_shim.h.gch").is_file():
             return shim
         try:

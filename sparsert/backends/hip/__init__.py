@@ -13,6 +13,7 @@ from ...runtime.artifact import Artifact, Unit
 from ...toolchain.hipcc import compile_hip, hipcc_available, hipcc_version
 from ...version import __version__
 from ..base import package_digest
+from ..cuda.limits import launch_problem
 from ..cuda.params import parameters
 from ..source.render import render
 
@@ -37,6 +38,10 @@ class HipBackend:
         if opts.accumulate == "bfloat16":
             return "HIP has no packed bfloat16 FMA in the headers sparsert targets; use accumulate='float32'"
         return None
+
+    def launch_problem(self, schedule: Schedule) -> str | None:
+        """The CUDA source's limits hold for its HIP rendering too (same grid, same 32-bit offsets)."""
+        return launch_problem(schedule)
 
     def units(self, schedule: Schedule, arch: str) -> tuple[Unit, ...]:
         return render(schedule, "hip")
