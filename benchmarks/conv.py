@@ -7,7 +7,8 @@
 
 Problems: ../shared/problems/conv3x3_dl.csv (uniformly random masks at the listed sparsity) and
 the DLMC ResNet-50 3x3 layers (bottleneck_2_*: real magnitude-pruned patterns stored as im2col
-matrices [C_out, C_in*9]; geometry from rn50_batchsizes.txt), each at batch 1 and 8. Protocol per
+matrices [C_out, 9*C_in] with the columns tap-major, k = (ky*3 + kx)*C_in + c, as DLMC orders them
+(shared/dlmc/ABOUT.md); geometry from rn50_batchsizes.txt), each at batch 1 and 8. Protocol per
 (problem, batch): compile (through the kernel cache); run sparsert once into a NaN-filled output
 and check it against a float64 convolution (cuDNN in double precision on the GPU); check cuDNN
 FP32 the same way (TF32's error is recorded, not held to the tolerance); then time sparsert,
@@ -66,7 +67,7 @@ class Problem:
     stride: int
     padding: int
     sparsity: float
-    weight: str | None = None  # a DLMC .smtx im2col pattern; None: a random mask
+    weight: str | None = None  # a DLMC .smtx im2col pattern (tap-major columns); None: a random mask
 
     def weight_array(self, seed: int = 0) -> np.ndarray:
         """OIHW float32 filter. DLMC: the pattern with normal values from `seed`; CSV: a uniformly
@@ -75,7 +76,9 @@ class Problem:
         if self.weight is not None:
             from sparsert.frontend.weights import load_weight
 
-            return load_weight(self.weight, seed=seed).matrix.toarray().reshape(shape)
+            # DLMC's columns are tap-major, (ky, kx, c): to OIHW through (O, kh, kw, I)
+            dense = load_weight(self.weight, seed=seed).matrix.toarray()
+            return dense.reshape(self.C_out, self.kernel, self.kernel, self.C_in).transpose(0, 3, 1, 2).copy()
         rng = np.random.default_rng(
             int.from_bytes(hashlib.sha256(f"{self.problem}\0{seed}".encode()).digest()[:8], "little"))
         size = math.prod(shape)

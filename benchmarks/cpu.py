@@ -936,8 +936,10 @@ def run_models_set(args):
     facts = base_facts(peak)
     load0 = os.getloadavg()
     jl = RESULTS / "cpu-models.jsonl"
-    jl.write_text("")
     recs = []
+    if args.merge and jl.exists():  # keep the other models' records of an earlier run
+        recs = [r for r in read_jsonl(jl)[0] if r.get("model") not in args.models]
+    write_jsonl(jl, recs)
     t_start = time.time()
     tmpdir = tempfile.mkdtemp(prefix="sparsert-cpu-models-")
     for name in args.models:
@@ -964,7 +966,7 @@ def run_models_set(args):
             try:
                 with torch.inference_mode(False), torch.no_grad():
                     torch.onnx.export(dense, ex, onnx_path, input_names=in_names, output_names=["out"],
-                                      opset_version=13, dynamo=False)
+                                      opset_version=14 if name == "minilm" else 13, dynamo=False)
             except Exception as e:  # noqa: BLE001
                 export_err = repr(e)[:500]
                 print(f"  onnx export failed: {export_err}", flush=True)
@@ -996,7 +998,7 @@ def run_models_set(args):
                         return sess.run(None, dict(zip(in_names, xs)))[0]
                     fns["onnxruntime"] = ort_fn
                     infos["onnxruntime"] = dict(library="onnxruntime CPUExecutionProvider, ORT_ENABLE_ALL",
-                                                version=ort.__version__, onnx="torch.onnx.export opset 13 (dense pruned)")
+                                                version=ort.__version__, onnx=f"torch.onnx.export (TorchScript exporter) opset {14 if name == 'minilm' else 13}, the dense pruned model")
                 if ok_ds and not export_err:
                     try:
                         w = cb._Worker.get("deepsparse", cb.deepsparse_python(), dict(os.environ))
@@ -1159,6 +1161,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seq", type=int, default=128, help="MiniLM tokens (default 128)")
     ap.add_argument("--models-compile", nargs="*", default=["resnet50"])
     ap.add_argument("--cache", action="store_true", help="use the user's kernel cache (default: a fresh one)")
+    ap.add_argument("--merge", action="store_true",
+                    help="models: keep the records of models not run now from the existing cpu-models.jsonl")
     ap.add_argument("--report-only", action="store_true",
                     help="rebuild cpu-<set>.md/.png from the committed cpu-<set>.jsonl (no timing)")
     args = ap.parse_args(argv)

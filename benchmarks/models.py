@@ -438,10 +438,15 @@ def main(argv=None) -> int:
                   "settings": {k: v for k, v in vars(args).items() if k not in ("out", "quiet")},
                   "records": records}
         out = args.out or (None if args.smoke or args.fill_cache else
-                           str(ROOT / "benchmarks" / "results" / "models-compile.json"))
+                           str(ROOT / "benchmarks" / "results" / "models-compile.jsonl"))
         if out:
+            from benchmarks.compile_time import write_doc
+
             Path(out).parent.mkdir(parents=True, exist_ok=True)
-            Path(out).write_text(json.dumps(result, indent=2) + "\n")
+            if out.endswith(".json"):  # an explicit .json: the pretty form, as before
+                Path(out).write_text(json.dumps(result, indent=2) + "\n")
+            else:  # compact JSON Lines, as committed (benchmarks/README.md, "Results files")
+                write_doc(Path(out), result, rows="records", sort_keys=False)
             print(f"wrote {out}")
         return 0
 

@@ -90,6 +90,7 @@ def compile_conv2d(
     rows_per_block: int | None = None,
     max_slab_nnz: int | None = None,
     prefetch: int | None = None,
+    max_nnz: int | None = None,
     dtype: str = "float32",
     accumulate: str | None = None,
     tensor: str | None = None,
@@ -103,7 +104,8 @@ def compile_conv2d(
     """Compile a pruned Conv2d filter into a kernel over NCHW float32 inputs of a fixed shape.
 
     weight: OIHW [C_out, C_in/groups, kh, kw], or its im2col matrix [C_out, C_in/groups*kh*kw]
-    with kernel_size (layout 'oihw' / 'im2col'; default: by rank), as a path (.npy .npz .mtx
+    with kernel_size (layout 'oihw' / 'im2col' / 'im2col_tap_major' for DLMC's (ky, kx, c)
+    column order; default: by rank), as a path (.npy .npz .mtx
     .smtx .safetensors), an array, a scipy.sparse matrix or a Weight. input_hw: (H, W).
     stride/padding/dilation: an int or an (h, w) pair. residual=True fuses `+ R` (same shape as
     the output) before the ReLU. thread_groups is the schedule's Gy (K split inside a block);
@@ -124,7 +126,7 @@ def compile_conv2d(
         n=n, target=target, arch=resolve_arch(target, arch), relu=bool(relu), residual=bool(residual),
         threads_x=threads_x, vec=vec if spec.contiguous else 1, groups=thread_groups,
         rows_per_block=rows_per_block, max_slab_nnz=max_slab_nnz, prefetch=prefetch, dtype=dtype,
-        accumulate=accumulate)
+        accumulate=accumulate, max_nnz=max_nnz)
     bias_arr = load_bias(bias, spec.c_out)
 
     layout = Layout(batch=spec.batch, batch_stride_b=spec.c_in * h * w_, batch_stride_c=spec.c_out * n,

@@ -38,8 +38,9 @@ def add_conv_arguments(parser: argparse.ArgumentParser) -> None:
                    help="grouped convolution (G = C_in for depthwise; default 1)")
     g.add_argument("--batch", type=int, default=1, metavar="B", help="images per call (default 1)")
     g.add_argument("--layout", choices=LAYOUTS,
-                   help="filter layout: oihw [C_out, C_in/G, kh, kw] or im2col [C_out, C_in/G*kh*kw] "
-                        "(default: by rank)")
+                   help="filter layout: oihw [C_out, C_in/G, kh, kw], im2col [C_out, C_in/G*kh*kw] with "
+                        "PyTorch's column order (c, ky, kx), or im2col_tap_major (columns (ky, kx, c), as "
+                        "DLMC's 3x3 patterns) (default: by rank; 2-D means im2col)")
     g.add_argument("--kernel-size", type=int, nargs="+", metavar="K",
                    help="kh [kw] of an im2col filter (e.g. 3 for DLMC ResNet-50 3x3 layers)")
     if not _has(parser, "--residual"):
@@ -75,6 +76,7 @@ def conv_from_args(args: argparse.Namespace) -> ConvKernel:
         threads_x=getattr(args, "threads_x", None), vec=getattr(args, "vec", None),
         thread_groups=getattr(args, "groups", None), rows_per_block=getattr(args, "rows_per_block", None),
         max_slab_nnz=getattr(args, "max_slab_nnz", None), prefetch=getattr(args, "prefetch", None),
+        max_nnz=getattr(args, "max_nnz", None),
         dtype=getattr(args, "dtype", None) or "float32", accumulate=getattr(args, "accumulate", None),
         tensor=getattr(args, "tensor", None),
         seed=getattr(args, "seed", 0), values=getattr(args, "values", "normal"),

@@ -20,7 +20,9 @@ from ..errors import OptionsError, WeightError
 from ..ir.schedule import ConvGeometry
 from .weights import Weight, check_finite, load_array, load_weight
 
-LAYOUTS = ("oihw", "im2col")
+LAYOUTS = ("oihw", "im2col", "im2col_tap_major")
+"""Filter layouts: OIHW [C_out, C_in/G, kh, kw]; its im2col matrix with columns in PyTorch's order,
+k = c*kh*kw + ky*kw + kx; or tap-major, k = (ky*kw + kx)*C_in/G + c (DLMC's 3x3 patterns)."""
 
 
 def _int(value, name: str, low: int) -> int:
@@ -160,7 +162,7 @@ def load_conv_weight(weight, *, layout: str | None = None, kernel_size=None, gro
         raw = raw.reshape(c_out, c_in_g * kh * kw)
     else:
         if raw.ndim != 2:
-            raise WeightError(f"{src}: layout 'im2col' needs a 2-D [C_out, C_in/groups*kh*kw] weight, "
+            raise WeightError(f"{src}: layout {layout!r} needs a 2-D [C_out, C_in/groups*kh*kw] weight, "
                               f"got shape {raw.shape}")
         if kernel_size is None:
             raise OptionsError("kernel_size: required for an im2col weight [C_out, C_in*kh*kw] "
@@ -171,6 +173,8 @@ def load_conv_weight(weight, *, layout: str | None = None, kernel_size=None, gro
             raise WeightError(f"{src}: im2col weight has K={kg} columns, not a multiple of "
                               f"kh*kw={kh * kw} (kernel_size {kh}x{kw})")
         c_in_g = kg // (kh * kw)
+        if layout == "im2col_tap_major":
+            raw = tap_major_to_channel_major(raw, c_in_g, kh * kw)
     if 0 in raw.shape:
         raise WeightError(f"{src}: weight has an empty dimension (shape {raw.shape})")
     if c_out % groups:
@@ -178,6 +182,18 @@ def load_conv_weight(weight, *, layout: str | None = None, kernel_size=None, gro
     w = load_weight(raw)  # canonical float32 CSR, finiteness and float32 overflow checked
     matrix = _expand_groups(w.matrix, groups, c_out)
     return Weight(matrix=matrix, name=_sanitise(name), source=src), c_in_g * groups, kh, kw
+
+
+def tap_major_to_channel_major(a, c_in: int, taps: int):
+    """Columns (tap, c) -> (c, tap): k = t*c_in + c becomes c*taps + t (dense or sparse, 2-D)."""
+    k = np.arange(c_in * taps)
+    new = (k % c_in) * taps + k // c_in  # where old column k goes
+    if scipy.sparse.issparse(a):
+        coo = scipy.sparse.coo_matrix(a)
+        return scipy.sparse.csr_matrix((coo.data, (coo.row, new[coo.col])), shape=coo.shape)
+    out = np.empty_like(np.asarray(a))
+    out[:, new] = a
+    return out
 
 
 def _sanitise(text: str) -> str:

@@ -265,3 +265,18 @@ def test_problem_lists_if_data_present():
     assert A.shape == (picked[0].M, picked[0].K) and A.dtype == np.float32
     M, K, indptr, indices = cb.read_smtx(root / picked[0].extra["path"])
     assert indptr[-1] == indices.size and indices.max() < K
+
+
+def test_jsonl_meta_round_trip(tmp_path):
+    recs = _synthetic()
+    for r in recs:
+        r["machine"], r["versions"] = {"cpu_model": "x"}, {"numpy": "2"}
+    path = tmp_path / "cpu-x.jsonl"
+    bench.write_jsonl(path, recs, meta=dict(machine={"cpu_model": "x"}, versions={"numpy": "2"}, loadavg={}))
+    lines = path.read_text().splitlines()
+    assert len(lines) == len(recs) + 1 and '"record":"meta"' in lines[0]
+    assert '"machine"' not in lines[1] and '"info"' not in lines[2]       # stored once, in the meta line
+    back, meta = bench.read_jsonl(path)
+    assert meta["method_info"]["numpy_dense"] == {"library": "numpy_dense"}
+    assert [r["median_us"] for r in back] == [r["median_us"] for r in recs]
+    assert all(r["machine"] == {"cpu_model": "x"} and r["info"] for r in back)
