@@ -448,7 +448,7 @@ def _run_example(model: nn.Module, example_input, cands: list[_Candidate]) -> No
             m.training = flag
 
 
-def _select(cand: _Candidate, min_sparsity: float, exclude) -> str:
+def _select(cand: _Candidate, min_sparsity: float, exclude, backend: str = "cuda") -> str:
     """Why this layer is skipped, or '' to compile it."""
     m = cand.module
     if any(fnmatch.fnmatchcase(cand.name, pattern) for pattern in exclude):
@@ -462,6 +462,10 @@ def _select(cand: _Candidate, min_sparsity: float, exclude) -> str:
         reason = conv_unsupported(m)
         if reason:
             return reason
+        if backend == "cpu" and m.groups > 1 and m.groups == m.in_channels:
+            # measured (benchmarks/results/cpu-models.md): MobileNetV2's depthwise layers took
+            # 3-8.5 ms through the CPU target's im2col gather against 0.45-1.9 ms dense
+            return "depthwise convolution: slower through the CPU target than dense (left dense)"
     if cand.bad_input:
         return cand.bad_input
     if not cand.inputs:
@@ -552,7 +556,7 @@ def sparsify(model: nn.Module, example_input, min_sparsity: float = 0.5, *, back
 
     tasks = []
     for cand in cands:
-        cand.reason = _select(cand, min_sparsity, exclude)
+        cand.reason = _select(cand, min_sparsity, exclude, backend)
         if cand.reason:
             continue
         kind = SparseLinear if isinstance(cand.module, nn.Linear) else SparseConv2d

@@ -44,3 +44,12 @@ def test_wrong_device_and_explicit_backends():
     assert fast.sparsert_report.backend == "cpu"
     with pytest.raises(sparsert.OptionsError, match="backend='gpu'"):
         st.sparsify(model, x, backend="gpu", progress=False)
+
+
+def test_depthwise_convolutions_stay_dense_on_the_cpu_target():
+    torch.manual_seed(1)
+    model = sparsert.prune(torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                                               torch.nn.Conv2d(8, 16, 1)).eval(), 0.9)
+    x = torch.randn(1, 8, 10, 10)
+    report = st.sparsify(model, x, backend="cpu", progress=False).sparsert_report
+    assert "depthwise" in report["0"].reason and report["1"].compiled
