@@ -22,7 +22,8 @@ def tune_key(weight_digest: str, opts: KernelOptions, *, bias: bool) -> dict:
         "format": FORMAT, "weight": weight_digest, "n": opts.n, "arch": opts.arch,
         "target": opts.target, "relu": opts.relu, "bias": bool(bias), "residual": opts.residual,
         "pinned": {f: getattr(opts, f) for f in SCHEDULE_FIELDS if getattr(opts, f) is not None},
-    }
+    } | ({} if opts.dtype == "float32" and opts.accumulate in (None, "float32") else
+         {"dtype": opts.dtype, "accumulate": opts.accumulate})  # half: never a float32 record
 
 
 def _store() -> CacheStore:

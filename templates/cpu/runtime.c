@@ -46,7 +46,16 @@ static long bounds[SEGMENTS_PER_THREAD * MAXT + 1];
 static long nsegments;
 static long next_segment; /* atomic: segments are handed out in order */
 static volatile uint32_t generation; /* futex word: bumped to start a run */
-static volatile int pending;         /* futex word: workers still running */
+/* A run's membership: (generation << 32) | CLOSED | workers inside the run. A worker joins only
+   while its generation's run is open; the caller closes the run when its own work is done and
+   then waits for the workers that joined, and only those: a worker that is descheduled and wakes
+   late finds the run closed (or a newer one) and touches nothing, so it can never hold up a call
+   (before, the caller waited for every woken worker to check in, a full time slice on a loaded
+   machine: measured p90 3.97 ms against a 30 us median). */
+#define CLOSED 0x80000000ull
+#define INSIDE 0x7fffffffull
+static uint64_t ctl;
+static volatile uint32_t left; /* futex word: bumped when the last worker leaves a closed run */
 static float *scratch[MAXT];
 static long scratch_len[MAXT];
 
@@ -194,10 +203,20 @@ static void *worker(void *arg) {
         for (int i = 0; i < 20000 && generation == seen; i++) __builtin_ia32_pause();
         while (generation == seen) futex(&generation, FUTEX_WAIT_PRIVATE, seen);
         seen = generation;
-        if (t < cur_threads) {
-            work(t);
-            if (__atomic_sub_fetch(&pending, 1, __ATOMIC_ACQ_REL) == 0)
-                futex(&pending, FUTEX_WAKE_PRIVATE, 1);
+        if (t >= cur_threads) continue;
+        uint64_t s = __atomic_load_n(&ctl, __ATOMIC_ACQUIRE);
+        int joined = 0;
+        while ((uint32_t)(s >> 32) == seen && !(s & CLOSED))
+            if (__atomic_compare_exchange_n(&ctl, &s, s + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+                joined = 1;
+                break;
+            }
+        if (!joined) continue; /* too late: the caller already finished this run */
+        work(t);
+        s = __atomic_sub_fetch(&ctl, 1, __ATOMIC_ACQ_REL);
+        if ((s & CLOSED) && (s & INSIDE) == 0) {
+            __atomic_add_fetch(&left, 1, __ATOMIC_RELEASE);
+            futex(&left, FUTEX_WAKE_PRIVATE, 1);
         }
     }
     return NULL;
@@ -242,15 +261,22 @@ int sprt_run(const sprt_job *jb, int threads) {
     split(jb, threads == 1 ? 1 : SEGMENTS_PER_THREAD * threads);
     next_segment = 0;
     if (threads > 1) {
-        __atomic_store_n(&pending, threads - 1, __ATOMIC_RELEASE);
-        __atomic_add_fetch(&generation, 1, __ATOMIC_ACQ_REL);
+        uint32_t gen = generation + 1;
+        __atomic_store_n(&ctl, (uint64_t)gen << 32, __ATOMIC_RELEASE); /* open, nobody inside */
+        __atomic_store_n(&generation, gen, __ATOMIC_RELEASE);
         futex(&generation, FUTEX_WAKE_PRIVATE, INT32_MAX);
     }
     work(0);
     if (threads > 1) {
-        for (int i = 0; i < 200000 && pending; i++) __builtin_ia32_pause();
-        int p;
-        while ((p = pending) != 0) futex(&pending, FUTEX_WAIT_PRIVATE, (uint32_t)p);
+        uint32_t seq = left;
+        uint64_t s = __atomic_fetch_or(&ctl, CLOSED, __ATOMIC_ACQ_REL); /* no more joins */
+        for (int i = 0; i < 200000 && (__atomic_load_n(&ctl, __ATOMIC_ACQUIRE) & INSIDE); i++)
+            __builtin_ia32_pause();
+        while (__atomic_load_n(&ctl, __ATOMIC_ACQUIRE) & INSIDE) {
+            futex(&left, FUTEX_WAIT_PRIVATE, seq);
+            seq = left;
+        }
+        (void)s;
     }
     /* every thread out of memory: segments left undone */
     int rc = next_segment < nsegments ? -ENOMEM : 0;

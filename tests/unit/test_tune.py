@@ -382,3 +382,14 @@ def test_measure_us_times_a_copy():
     b = cupy.empty_like(a)
     m = tune.measure_us(lambda i: b.__setitem__(slice(None), a), warmup=3, repeat=10)
     assert m.samples == 10 and 0 < m.min_us <= m.median_us < 1e5
+
+
+def test_tune_records_never_cross_dtypes():
+    """A tuning found in float32 is not an answer for float16 or packed-half kernels (the key
+    differs), while float32 keys stay what they were (no stored record is orphaned)."""
+    f32 = KernelOptions(n=32, arch=ARCH)
+    keys = [tune.tune_key("w", o, bias=False) for o in
+            (f32, KernelOptions(n=32, arch=ARCH, dtype="float16"),
+             KernelOptions(n=32, arch=ARCH, dtype="float16", accumulate="float16"))]
+    assert len({json.dumps(k, sort_keys=True) for k in keys}) == 3
+    assert "dtype" not in keys[0]
