@@ -328,3 +328,45 @@ def test_a_warm_cache_needs_no_toolchain(tmp_path):
     assert warm.returncode == 0, warm.stderr
     cached, got, want = warm.stdout.split()
     assert cached == "1" and float(got) == float(want)
+
+
+@pytest.mark.avx2
+def test_dlmc_patterns(shared):
+    """Real pruned layers (ResNet-50 and Transformer, 90% and 95%), values from a fixed seed."""
+    root = shared / "dlmc"
+    picks = [root / "rn50" / "magnitude_pruning" / "0.9" / "bottleneck_2_block_group1_1_1.smtx",
+             root / "rn50" / "magnitude_pruning" / "0.95" / "bottleneck_1_block_group3_2_1.smtx"]
+    picks += sorted((root / "transformer").rglob("*.smtx"))[:2]
+    rng = np.random.default_rng(5)
+    for path in picks:
+        w = sparsert.load_weight(path, seed=3)
+        n = 37 if w.shape[0] > 1024 else 197
+        kernel = sparsert.compile(w, n=n, relu=True, target="cpu", arch="avx2")
+        B = rng.standard_normal((w.shape[1], n)).astype(np.float32)
+        check(w.matrix, B, kernel(B, threads=2), relu=True)
+
+
+@pytest.mark.avx2
+def test_concurrent_builds_build_once_and_agree(tmp_path):
+    """Three processes compile the same CPU kernel into one cache at once: the per-key lock
+    lets one build it, the others load it (integrity-checked), all compute the same bits."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import numpy as np, scipy.sparse as sp, sparsert\n"
+              "a = sp.random(300, 400, density=0.1, random_state=7, format='csr', dtype=np.float32)\n"
+              "k = sparsert.compile(a, n=64, target='cpu', arch='avx2')\n"
+              "b = np.random.default_rng(0).standard_normal((400, 64)).astype(np.float32)\n"
+              "print(k.stats.cached_slabs, k(b, threads=1).tobytes().hex()[:64], "
+              "float(np.abs(k(b) - a.toarray().astype(np.float64) @ b).max()))\n")
+    env = dict(os.environ, SPARSERT_CACHE_DIR=str(tmp_path))
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e for _, e in outs]
+    rows = [o.split() for o, _ in outs]
+    assert sorted(r[0] for r in rows) == ["0", "1", "1"]  # built once, loaded twice
+    assert len({r[1] for r in rows}) == 1 and all(float(r[2]) < 1e-4 for r in rows)
+    entries = [p for p in (tmp_path / "kernels").rglob("*.bin")]
+    assert len(entries) == 1
