@@ -186,31 +186,7 @@ def run(cmd: list[str], *, name: str, what: str, timeout: float, cwd: str | None
     if tmpdir is not None:  # the tool's own scratch files (ptxas's tmpxft_*, g++'s cc*.s) go
         env = {**(os.environ if env is None else env), "TMPDIR": tmpdir}  # where the caller removes them
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                errors="replace", cwd=cwd, env=env, start_new_session=True)
-    except OSError as exc:
-        raise ToolchainError(f"{name}: cannot run {cmd[0]}: {exc}") from None
-    with _live_lock:
-        _live.add(proc)
-    if _cancelled.is_set():  # cancel() ran between the check and the registration
-        _kill_group(proc)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        proc.communicate()
-        raise ToolchainError(f"{name}: {what} timed out after {timeout:g} s") from None
-    except BaseException:  # KeyboardInterrupt, SystemExit: take the whole tool down with us
-        _kill_group(proc)
-        proc.communicate()
-        raise
-    finally:
-        with _live_lock:
-            _live.discard(proc)
-    if _cancelled.is_set():
-        raise Cancelled(f"{name}: {what} killed: interrupted")
-    return Completed(proc.returncode, stdout, stderr, time.perf_counter() - t0)
+    return collect(spawn(cmd, name=name, cwd=cwd, env=env), name=name, what=what, timeout=timeout, started=t0)
 
 
 def check(done: Completed, *, name: str, what: str, log: str | None = None, tail: bool = False) -> None:

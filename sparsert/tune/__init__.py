@@ -22,7 +22,6 @@ verification, GPU timing), store (persistence); this one runs a search.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -30,7 +29,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..check import DEFAULT_RTOL, relative_error
-from ..errors import CompileError, OptionsError, SparsertError, ToolchainError
+from ..errors import CompileError, OptionsError, ToolchainError
 from ..frontend.weights import as_weight, load_bias
 from ..options import KernelOptions
 from ..pipeline import resolve_arch
@@ -49,7 +48,7 @@ from .measure import (
     verify_on_gpu,
     verify_on_host,
 )
-from .search import Trial, search
+from .search import Trial, search, verified_trial
 from .space import (
     GROUPS,
     MAX_ACCUMULATORS,
@@ -116,19 +115,7 @@ def _evaluate(weight, opts: KernelOptions, bias: np.ndarray | None, ref: Referen
         return Trial(p, "spills", detail=f"{st.spill_stores} bytes of spill stores")
     if st.registers and st.registers * p[0] * p[2] > REGISTERS_PER_BLOCK:
         return Trial(p, "registers", detail=f"{st.registers} registers x {p[0] * p[2]} threads")
-    try:
-        err = verify(kernel, ref)
-    except SparsertError as e:
-        return Trial(p, "run-error", detail=str(e)[:200])
-    if not err <= rtol:  # also catches NaN
-        return Trial(p, "wrong", max_rel_err=err, detail=f"max relative error {err:.2e} > {rtol:g}")
-    try:
-        t = float(timer(kernel))
-    except SparsertError as e:
-        return Trial(p, "launch-error", max_rel_err=err, detail=str(e)[:200])
-    if not (t > 0 and math.isfinite(t)):
-        return Trial(p, "launch-error", max_rel_err=err, detail=f"timer returned {t!r}")
-    return Trial(p, "ok", time_us=t, max_rel_err=err)
+    return verified_trial(p, kernel, lambda k: verify(k, ref), timer, rtol)
 
 
 def tuned_options(weight, options: KernelOptions, *, bias=None, progress: TuneProgress | None = None,

@@ -48,13 +48,13 @@ from ..backends.cpu.runtime import threads_for
 from ..backends.cpu.x86 import max_rows
 from ..check import DEFAULT_RTOL, relative_error
 from ..choices import CPU_BROADCASTS, CPU_VECTORS
-from ..errors import CompileError, OptionsError, SparsertError, ToolchainError
+from ..errors import CompileError, OptionsError, ToolchainError
 from ..frontend.weights import as_weight, load_bias
 from ..options import KernelOptions
 from ..pipeline import resolve_arch
 from ..version import __version__
 from .measure import Reference
-from .search import Trial, search
+from .search import Trial, search, verified_trial
 from .store import load_record, store, tune_path
 
 FIELDS = ("rows_per_block", "vec", "chunk", "bcast")
@@ -333,22 +333,13 @@ def tuned_cpu_options(weight, options: KernelOptions, *, bias=None, threads: int
                 kernel = compile_fn(w, options=space.options(p), bias=bias_arr)
         except (CompileError, OptionsError) as e:
             return Trial(p, "compile-error", detail=str(e).splitlines()[0][:200])
-        try:
-            err = verify_native(kernel, ref, threads)
-        except SparsertError as e:
-            return Trial(p, "run-error", detail=str(e)[:200])
-        if not err <= rtol:  # also catches NaN
-            return Trial(p, "wrong", max_rel_err=err, detail=f"max relative error {err:.2e} > {rtol:g}")
-        try:
-            t = float(timer(kernel))
-        except SparsertError as e:
-            return Trial(p, "run-error", max_rel_err=err, detail=str(e)[:200])
-        if not (t > 0 and math.isfinite(t)):
-            return Trial(p, "run-error", max_rel_err=err, detail=f"timer returned {t!r}")
+        trial = verified_trial(p, kernel, lambda k: verify_native(k, ref, threads), timer, rtol, failed="run-error")
+        if not trial.ok:
+            return trial
         kernels[p] = kernel
         if p == start and getattr(timer, "anchor", True) is None:
-            timer.set_anchor(kernel, t)  # every later candidate is timed beside the default
-        return Trial(p, "ok", time_us=t, max_rel_err=err)
+            timer.set_anchor(kernel, trial.time_us)  # every later candidate is timed beside the default
+        return trial
 
     def on_trial(i: int, t: Trial, best: Trial | None) -> None:
         if progress:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+from ..errors import SparsertError
 from .space import SCHEDULE_FIELDS, Params
 
 
@@ -103,3 +105,23 @@ def search(space: Sequence[Params], evaluate: Callable[[Params], Trial], *, star
                 continue
             break
     return order
+
+
+def verified_trial(p, kernel, verify: Callable[..., float], timer: Callable[..., float], rtol: float, *,
+                   failed: str = "launch-error") -> Trial:
+    """The end of every candidate's evaluation (GPU and CPU tuners): check it against the float64
+    reference first, and only a kernel within `rtol` is timed; a failed or senseless timing is
+    status `failed`."""
+    try:
+        err = verify(kernel)
+    except SparsertError as e:
+        return Trial(p, "run-error", detail=str(e)[:200])
+    if not err <= rtol:  # also catches NaN
+        return Trial(p, "wrong", max_rel_err=err, detail=f"max relative error {err:.2e} > {rtol:g}")
+    try:
+        t = float(timer(kernel))
+    except SparsertError as e:
+        return Trial(p, failed, max_rel_err=err, detail=str(e)[:200])
+    if not (t > 0 and math.isfinite(t)):
+        return Trial(p, failed, max_rel_err=err, detail=f"timer returned {t!r}")
+    return Trial(p, "ok", time_us=t, max_rel_err=err)

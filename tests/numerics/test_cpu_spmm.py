@@ -44,15 +44,17 @@ def _run(A, n, *, seed=0, bias=False, relu=False, residual=False, threads=1, row
 @pytest.mark.parametrize("rows,vec", SHAPES)
 def test_every_tail_of_n(rows, vec):
     A = random_csr(23, 17, 0.3, seed=1)
-    for n in range(1, 41):
-        _run(A, n, seed=n, bias=True, relu=n % 2 == 0, residual=n % 3 == 0, rows=rows, vec=vec)
+    for n in range(1, 41):  # _run asserts the float32 error bound against float64
+        kernel, C = _run(A, n, seed=n, bias=True, relu=n % 2 == 0, residual=n % 3 == 0, rows=rows, vec=vec)
+        assert np.isfinite(C).all() and kernel.n == n
 
 
 @pytest.mark.avx2
 @pytest.mark.parametrize("n", [255, 784, 1000])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_large_n_and_threads(n, threads):
-    _run(random_csr(100, 300, 0.1, seed=n), n, bias=True, relu=True, residual=True, threads=threads)
+    _, C = _run(random_csr(100, 300, 0.1, seed=n), n, bias=True, relu=True, residual=True, threads=threads)
+    assert (C >= 0).all() and C.any()  # ReLU applied; within the bound (_run)
 
 
 @pytest.mark.avx2

@@ -561,7 +561,9 @@ def test_axpy_masked_tail(builddir, n):
     x = rng.standard_normal(n).astype(np.float32)
     a = np.array([1.7], np.float32)
     # exact-size arrays: any access past the end faults in the simulator
-    both(AXPY, "axpy", [y, x, a, n], builddir)
+    out = both(AXPY, "axpy", [y, x, a, n], builddir)[0]
+    expect = (y.astype(np.float64) + 1.7 * x.astype(np.float64)).astype(np.float32)
+    assert np.allclose(out, expect, rtol=1e-6, atol=1e-6)  # and bit-identical to the CPU (both)
 
 
 @need_avx2
@@ -571,8 +573,12 @@ def test_dot_product(builddir):
     x = aligned(rng.standard_normal(n).astype(np.float32))   # vmovaps
     y = rng.standard_normal(n).astype(np.float32)
     out = np.zeros(8, np.float32)
-    both(AXPY, "dot8", [out, x, y, n], builddir, copy=aligned)
-    both(AXPY, "dot8", [out, x, y, 0], builddir)
+    got = both(AXPY, "dot8", [out, x, y, n], builddir, copy=aligned)[0]
+    x64, y64 = x.astype(np.float64).reshape(-1, 8), y.astype(np.float64).reshape(-1, 8)
+    lanes = np.maximum((x64 * y64).sum(axis=0), (x64 * x64).sum(axis=0))  # dot8 returns max(dot, |x|^2) per lane
+    assert np.allclose(got, lanes, rtol=1e-4, atol=1e-3)
+    empty = both(AXPY, "dot8", [out, x, y, 0], builddir)[0]
+    assert not empty.any()
 
 
 @need_avx2
@@ -621,7 +627,8 @@ def test_fma_forms_nan_priority(builddir):
     X, Y, Z = [np.array(v, np.float32) for v in (X, Y, Z)]
     n = len(X)
     out = np.zeros(3 * n, np.float32)
-    both(AXPY, "fmaforms", [out, X, Y, Z, n], builddir)
+    got = both(AXPY, "fmaforms", [out, X, Y, Z, n], builddir)[0]
+    assert np.isnan(got).any() and np.isfinite(got).any()  # the NaN cases and the plain ones
 
 
 @need_avx2
@@ -760,7 +767,8 @@ def avx512_run(name, args):
 
 @need_tools
 def test_avx512_text_assembles(builddir):
-    assemble(AVX512, builddir, link=False)
+    obj = assemble(AVX512, builddir, link=False)  # `as` raises (check=True) on any rejected line
+    assert obj.read_bytes()[:4] == b"\x7fELF"
 
 
 def test_avx512_broadcast_fma():

@@ -293,23 +293,25 @@ class _Emitter:
             out.append(f"\t@%p1 ld.global.nc{self.width}.f32 \t{regs}, {addr};\n")
         names = []
         for i in range(v):
-            acc = f"%a{slot * v + i}"
-            if s.bias_bits is None and not s.residual and not s.relu:
-                names.append(acc)
-                continue
-            cur = acc
-            if s.bias_bits is not None:
-                out.append(f"\tadd.rn.f32 \t%o{i}, {cur}, 0f{s.bias_bits[row]:08X};\n")
-                cur = f"%o{i}"
-            if s.residual:
-                out.append(f"\tadd.rn.f32 \t%o{i}, {cur}, %q{i};\n")
-                cur = f"%o{i}"
-            if s.relu:
-                out.append(f"\tmax.f32 \t%o{i}, {cur}, 0f00000000;\n")
-            names.append(f"%o{i}")
+            names.append(self._epilogue(i, f"%a{slot * v + i}", row, out))
         regs = names[0] if v == 1 else "{" + ", ".join(names) + "}"
         addr = self._addr("%rd2", offset, out)
         out.append(f"\t@%p1 st.global{self.width}.f32 \t{addr}, {regs};\n")
+
+    def _epilogue(self, i: int, cur: str, row: int, out: list[str]) -> str:
+        """Lane i's epilogue in fp32, in the CUDA source's order: + bias, + residual (%q<i>),
+        ReLU, into %o<i>; returns the register holding the result (`cur` when there is none)."""
+        s = self.s
+        if s.bias_bits is not None:
+            out.append(f"\tadd.rn.f32 \t%o{i}, {cur}, 0f{s.bias_bits[row]:08X};\n")
+            cur = f"%o{i}"
+        if s.residual:
+            out.append(f"\tadd.rn.f32 \t%o{i}, {cur}, %q{i};\n")
+            cur = f"%o{i}"
+        if s.relu:
+            out.append(f"\tmax.f32 \t%o{i}, {cur}, 0f00000000;\n")
+            cur = f"%o{i}"
+        return cur
 
     def _dispatch(self, reg: str, labels: list[str], out: list[str], prefix: str, uniform: bool) -> None:
         """Branch to labels[reg] by binary search (the register is known to be in range)."""
@@ -452,16 +454,7 @@ class _Emitter:
         else:
             lanes = [f"%a{slot * v + i}" for i in range(v)]
         for i in range(v):
-            cur = lanes[i]
-            if s.bias_bits is not None:
-                out.append(f"\tadd.rn.f32 \t%o{i}, {cur}, 0f{s.bias_bits[row]:08X};\n")
-                cur = f"%o{i}"
-            if s.residual:
-                out.append(f"\tadd.rn.f32 \t%o{i}, {cur}, %q{i};\n")
-                cur = f"%o{i}"
-            if s.relu:
-                out.append(f"\tmax.f32 \t%o{i}, {cur}, 0f00000000;\n")
-                cur = f"%o{i}"
+            cur = self._epilogue(i, lanes[i], row, out)
             out.append(f"\tcvt.rn.{'bf16' if s.dtype == 'bfloat16' else 'f16'}.f32 \t%ho{i}, {cur};\n")
         if v == 1:
             out.append(f"\t@%p1 st.global.b16 \t{self._addr('%rd2', offset, out)}, %ho0;\n")
