@@ -47,8 +47,10 @@ class KernelOptions:
     """Element type of B, C, bias and residual: 'float32', 'float16' or 'bfloat16'."""
     accumulate: str | None = None
     """Arithmetic: None or 'float32' (fp32 FFMA with fp32 weights, one rounding at the store), or
-    'float16' / 'bfloat16' (= dtype): packed half HFMA2, two columns per instruction, weights
-    rounded to that precision (needs an even vec and n)."""
+    'float16' / 'bfloat16' (= dtype): packed half arithmetic with the weights rounded to that
+    precision. GPUs: HFMA2, two columns per instruction (needs an even vec and n). The CPU target
+    (bfloat16 only, arch='avx512' on a CPU with AVX512-BF16): vdpbf16ps, two rows of K per
+    instruction into float32 accumulators."""
     max_nnz: int | None = None
     """Refuse (OptionsError, before planning) a weight with more nonzeros than this (None:
     SPARSERT_MAX_NNZ, default 16,777,216): an unrolled kernel that big takes an hour or more to
@@ -97,10 +99,12 @@ class KernelOptions:
         if self.vec is not None and self.n % self.vec and self.target != "cpu":  # the CPU masks its tails
             raise OptionsError(f"vec={self.vec} does not divide n={self.n}: vector loads need n % vec == 0")
         check_dtype(self.dtype, self.accumulate)
-        if self.packed and self.vec is not None and self.vec % 2:
+        # packed half on a GPU pairs columns of N (HFMA2); the CPU's vdpbf16ps pairs rows of K
+        gpu_packed = self.packed and self.target != "cpu"
+        if gpu_packed and self.vec is not None and self.vec % 2:
             raise OptionsError(f"vec={self.vec}: accumulate={self.accumulate!r} packs two columns per "
                                f"instruction; use vec=2 or 4")
-        if self.packed and self.n % 2:
+        if gpu_packed and self.n % 2:
             raise OptionsError(f"n={self.n}: accumulate={self.accumulate!r} packs two columns per "
                                f"instruction and needs an even n; use accumulate='float32'")
         if self.threads_x is not None and self.groups is not None and self.threads_x * self.groups > 1024:

@@ -81,6 +81,11 @@ def corpus(root: Path) -> list[dict]:
         (128, 128, 0.1, 50, {"max_slab_nnz": 300}), (200, 64, 0.2, 40, {"max_slab_nnz": 500, "vec": 2}),
         (70, 90, 0.1, 1, {}), (16, 16, 1.0, 8, {"prefetch": 4}), (64, 64, 0.1, 96, {"threads_x": 16, "rows_per_block": 8}),
         (30, 40, 0.3, 24, {"batch": 3, "batch_stride_b": 960, "batch_stride_c": 720}),
+        # half precision (issue 15): both dtypes, fp32 and packed arithmetic, every epilogue
+        (40, 64, 0.2, 31, {"dtype": "float16", "residual": True, "relu": True, "bias": True}),
+        (40, 64, 0.2, 33, {"dtype": "bfloat16", "residual": True, "relu": True, "bias": True}),
+        (64, 96, 0.1, 34, {"dtype": "float16", "accumulate": "float16", "vec": 2, "bias": True}),
+        (64, 96, 0.1, 38, {"dtype": "bfloat16", "accumulate": "bfloat16", "vec": 2, "residual": True}),
     ]
     for i, (m, k, d, n, opts) in enumerate(small):
         cases.append({"id": f"small/{i:02d}", "random": [m, k, d, 1000 + i], "n": n, "opts": opts})
@@ -165,9 +170,12 @@ def _cpu_artifacts(a, n: int, opts: dict, plan_kw: dict, case: dict) -> dict[str
     out = {}
     for isa in ("avx2", "avx512"):
         o = KernelOptions(n=n, target="cpu", arch=isa, **{k: v for k, v in opts.items() if k != "rows_per_block"})
+        if o.packed and (o.accumulate != "bfloat16" or isa != "avx512"):
+            continue  # the CPU's only packed half arithmetic: AVX512-BF16's vdpbf16ps
         s = plan(a, o, parameters=parameters_for(isa), weight_digest=f"replay:{case['id']}", max_slab_nnz=1 << 62,
                  **plan_kw)
-        out[f"x86-{isa}/0"] = "".join(emit_parts(lower(s), emit_config(isa, s.rows_per_block, s.vec, s.n), 1))
+        cfg = emit_config(isa, s.rows_per_block, s.vec, s.n, dtype=s.dtype, pairs=s.packed)
+        out[f"x86-{isa}/0"] = "".join(emit_parts(lower(s), cfg, 1))
     return out
 
 

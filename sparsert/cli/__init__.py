@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="run the kernel (GPU, else the same code on the CPU) vs float64")
     _weight_arguments(p)
-    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
-                   help=f"max relative error accepted (default {DEFAULT_RTOL:g})")
+    p.add_argument("--rtol", type=float,
+                   help=f"max relative error accepted (default {DEFAULT_RTOL:g} in float32; in half precision "
+                        f"the error bound of the --dtype/--accumulate mode on the inputs, README 'Half precision')")
     p.add_argument("--host", action="store_true", help="run on the CPU even if a GPU is present")
     p.set_defaults(func=cmd_check)
 

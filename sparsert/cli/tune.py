@@ -1,5 +1,5 @@
-"""`sparsert tune WEIGHT --n N [--target cpu]`: search schedules on the GPU (or this CPU), persist
-the best."""
+"""`sparsert tune WEIGHT --n N [--dtype D [--accumulate A]] [--target cpu]`: search schedules on
+the GPU (or this CPU), persist the best."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from ..api import compile as compile_kernel
 from ..backends.cpu.runtime import threads_for
 from ..check import DEFAULT_RTOL
-from ..choices import VALUE_MODES
+from ..choices import ACCUMULATE, DTYPES, VALUE_MODES
 from ..errors import OptionsError
 from ..frontend.weights import as_weight
 from ..options import KernelOptions
@@ -47,13 +47,19 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=int,
                    help=f"most candidates compiled and timed (default {DEFAULT_BUDGET}; "
                         f"--target cpu: {DEFAULT_CPU_BUDGET})")
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="element type of B, C, bias and residual, as compile's --dtype (default float32)")
+    p.add_argument("--accumulate", choices=ACCUMULATE,
+                   help="arithmetic, as compile's --accumulate: float32 (default) or packed half (= --dtype)")
     p.add_argument("--relu", action="store_true", help="tune the kernel with a fused ReLU")
     p.add_argument("--bias", help="bias file (M values); its presence is part of the tuning key")
     p.add_argument("--tensor", help="tensor name inside a .safetensors / multi-array .npz file")
     p.add_argument("--seed", type=int, default=0, help="seed for values of pattern-only files")
     p.add_argument("--values", choices=VALUE_MODES, default="normal")
-    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
-                   help=f"max relative error a candidate may show (default {DEFAULT_RTOL:g})")
+    p.add_argument("--rtol", type=float,
+                   help=f"max relative error a candidate may show (default: {DEFAULT_RTOL:g} in float32; in "
+                        f"half precision the error bound of the --dtype/--accumulate mode, README "
+                        f"'Half precision')")
     p.add_argument("--force", action="store_true", help="search again even if a result is stored")
 
 
@@ -68,11 +74,12 @@ def tune_main(args) -> int:
     if args.threads is not None:
         raise OptionsError("--threads: a CPU setting (--target cpu)")
     args.budget = args.budget or DEFAULT_BUDGET
-    opts = KernelOptions(n=args.n, arch=resolve_arch("cuda", args.arch), relu=args.relu)
+    opts = KernelOptions(n=args.n, arch=resolve_arch("cuda", args.arch), relu=args.relu, dtype=args.dtype,
+                         accumulate=args.accumulate)
     key = tune_key(w.digest(), opts, bias=args.bias is not None)
     m, k = w.shape
     print(f"{w.name}: {m} x {k}, {w.nnz} nonzeros ({100 * w.sparsity:.1f}% sparse), "
-          f"n={opts.n}, {opts.arch}", file=sys.stderr)
+          f"n={opts.n}, {opts.arch}{_precision(opts)}", file=sys.stderr)
     stored = None if args.force else load_stored(key, opts)
     if stored is not None:
         best, entry = stored
@@ -95,13 +102,20 @@ def tune_main(args) -> int:
     return 0
 
 
+def _precision(opts: KernelOptions) -> str:
+    if opts.dtype == "float32" and not opts.packed:
+        return ""
+    return f", {opts.dtype} ({'packed ' + opts.accumulate if opts.packed else 'float32 accumulation'})"
+
+
 def _tune_cpu(args, w) -> int:
     threads = threads_for(args.threads)
-    opts = KernelOptions(n=args.n, target="cpu", arch=resolve_arch("cpu", args.arch), relu=args.relu)
+    opts = KernelOptions(n=args.n, target="cpu", arch=resolve_arch("cpu", args.arch), relu=args.relu,
+                         dtype=args.dtype, accumulate=args.accumulate)
     key = cpu_tune_key(w.digest(), opts, bias=args.bias is not None, threads=threads)
     m, k = w.shape
     print(f"{w.name}: {m} x {k}, {w.nnz} nonzeros ({100 * w.sparsity:.1f}% sparse), "
-          f"n={opts.n}, {opts.arch}, {threads} thread{'s' * (threads > 1)}", file=sys.stderr)
+          f"n={opts.n}, {opts.arch}{_precision(opts)}, {threads} thread{'s' * (threads > 1)}", file=sys.stderr)
     stored = None if args.force else load_cpu_stored(key, opts)
     if stored is not None:
         best, entry = stored
@@ -111,7 +125,8 @@ def _tune_cpu(args, w) -> int:
             print(f"  [{i}/{total}] {step.line()}", file=sys.stderr, flush=True)
 
         best = tuned_cpu_options(w, opts, bias=args.bias, threads=threads, progress=progress,
-                                 budget=args.budget, force=True, rtol=args.rtol, compile_fn=compile_kernel)
+                                 budget=args.budget, force=True, compile_fn=compile_kernel,
+                                 rtol=args.rtol)
         entry = json.loads(tune_path(key).read_text())
         print(f"stored: {tune_path(key)}", file=sys.stderr)
     line = " ".join(f"--{f.replace('_', '-')} {getattr(best, f)}" for f in FIELDS if getattr(best, f) is not None)

@@ -110,7 +110,7 @@ def plan(
         if (conv.k, conv.n) != (k, opts.n):
             raise OptionsError(f"conv: geometry gives an im2col of {conv.k} x {conv.n} but the weight "
                                f"has K={k} and n={opts.n}")
-        if opts.packed:
+        if opts.packed and opts.target != "cpu":  # the CPU pairs rows of K, not columns
             raise OptionsError(f"accumulate={opts.accumulate!r}: packed half arithmetic needs two columns per "
                                f"thread, but a virtual im2col (conv) operand is read one column per thread; "
                                f"use accumulate='float32' (half loads, fp32 arithmetic)")

@@ -6,7 +6,10 @@ search. The search is a coordinate descent over the constrained space (hardware 
 starting from plan.choose_parameters' default: move one parameter at a time to its best value,
 then try adjacent two-parameter moves, until nothing improves or the budget of compiled
 candidates is spent. Every candidate is compiled (through the kernel cache, so the final compile
-is a hit), its output checked against a float64 reference, and only then timed.
+is a hit), its output checked against a float64 reference, and only then timed. In every dtype:
+the reference's inputs are values of the kernel's dtype, passed in that dtype, and a candidate
+passes within its mode's tolerance (check.tolerance: float32's DEFAULT_RTOL, or the half
+precision error bound for those inputs and that candidate's split of K).
 
 Timing is injectable (`timer=`): the default times the kernel on the GPU with CUDA events
 (`measure_us`, also used by the benchmark harness, so the tuner optimises what the harness
@@ -17,7 +20,8 @@ Store: the one cache, kind "tune" (tune/store.py), keyed by the sha256 of what a
 for; an unreadable, corrupt or mismatching record is ignored (and replaced by the next search).
 
 Modules: space (the feasible parameters), search (coordinate descent, pure), measure (reference,
-verification, GPU timing), store (persistence); this one runs a search.
+verification, GPU timing), operands (B, C, R in the kernel's dtype on the host and the GPU), store
+(persistence); this one runs a search.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from .measure import (
     l2_and_free_bytes,
     measure_us,
     rotation_count,
+    set_bytes,
     verify_on_gpu,
     verify_on_host,
 )
@@ -70,10 +75,10 @@ from .store import FORMAT, load_stored, store, tune_key, tune_path
 __all__ = [  # the tuner's pieces, one namespace for callers and tests
     "DEFAULT_BUDGET", "DEFAULT_RTOL", "FORMAT", "GROUPS", "MAX_ACCUMULATORS", "MAX_PREFETCH_REGISTERS",
     "PREFETCH", "REGISTERS_PER_BLOCK", "ROWS_PER_BLOCK", "SCHEDULE_FIELDS", "THREADS_X", "GpuTimer",
-    "Measurement", "Params", "Reference", "Trial", "TuneStep", "as_options", "default_params",
+    "Measurement", "Params", "Reference", "Trial", "TuneStep", "_spin_kernel", "as_options", "default_params",
     "estimated_registers", "l2_and_free_bytes", "load_stored", "measure_us", "relative_error",
-    "rotation_count", "search", "search_space", "store", "tune_key", "tune_path", "tuned_options",
-    "verify_on_gpu", "verify_on_host", "violates", "_spin_kernel",
+    "rotation_count", "search", "search_space", "set_bytes", "store", "tune_key", "tune_path",
+    "tuned_options", "verify_on_gpu", "verify_on_host", "violates",
 ]
 
 DEFAULT_BUDGET = 24  # compiled candidates per search: compiles of unrolled kernels take seconds
@@ -105,7 +110,7 @@ def _gpu_arch() -> str | None:
 
 
 def _evaluate(weight, opts: KernelOptions, bias: np.ndarray | None, ref: Reference,
-              timer: Timer, verify: Verifier, rtol: float, compile_kernel, p: Params) -> Trial:
+              timer: Timer, verify: Verifier, rtol: float | None, compile_kernel, p: Params) -> Trial:
     try:
         kernel = compile_kernel(weight, options=as_options(opts, p), bias=bias)
     except (CompileError, OptionsError) as e:
@@ -115,19 +120,22 @@ def _evaluate(weight, opts: KernelOptions, bias: np.ndarray | None, ref: Referen
         return Trial(p, "spills", detail=f"{st.spill_stores} bytes of spill stores")
     if st.registers and st.registers * p[0] * p[2] > REGISTERS_PER_BLOCK:
         return Trial(p, "registers", detail=f"{st.registers} registers x {p[0] * p[2]} threads")
-    return verified_trial(p, kernel, lambda k: verify(k, ref), timer, rtol)
+    # the bound counts the partial sums of the thread groups: the tolerance is the candidate's own
+    tol = rtol if rtol is not None else ref.tolerance(kernel.schedule.groups)
+    return verified_trial(p, kernel, lambda k: verify(k, ref), timer, tol)
 
 
 def tuned_options(weight, options: KernelOptions, *, bias=None, progress: TuneProgress | None = None,
                   timer: Timer | None = None, verify: Verifier | None = None,
                   budget: int | None = None, force: bool = False,
-                  rtol: float = DEFAULT_RTOL, compile_fn=None) -> KernelOptions:
+                  rtol: float | None = None, compile_fn=None) -> KernelOptions:
     """`options` with its free schedule fields set to the fastest verified candidate.
 
     A stored result for the same (weight digest, N, arch, relu, bias present, ...) is returned
     without timing (unless force=True). Otherwise the search needs a GPU, or an injected `timer`
     (with `verify`, default: run the same code on the host CPU). `compile_fn`: how a candidate
     is compiled (sparsert.compile; passed in, so the tuner does not import the API above it).
+    `rtol`: the relative error a candidate may show (None: its mode's, Reference.tolerance).
     """
     if compile_fn is None:
         raise OptionsError("tuned_options: compile_fn is required (sparsert.compile)")

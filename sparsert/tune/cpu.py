@@ -41,12 +41,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..backends.cpu import CpuBackend
 from ..backends.cpu.isa import runnable, supported
 from ..backends.cpu.limits import LANES
 from ..backends.cpu.params import DEFAULT_BCAST, DEFAULT_V
 from ..backends.cpu.runtime import threads_for
 from ..backends.cpu.x86 import max_rows
-from ..check import DEFAULT_RTOL, relative_error
+from ..check import relative_error
 from ..choices import CPU_BROADCASTS, CPU_VECTORS
 from ..errors import CompileError, OptionsError, ToolchainError
 from ..frontend.weights import as_weight, load_bias
@@ -54,6 +55,7 @@ from ..options import KernelOptions
 from ..pipeline import resolve_arch
 from ..version import __version__
 from .measure import Reference
+from .operands import host_array, host_values
 from .search import Trial, search, verified_trial
 from .store import load_record, store, tune_path
 
@@ -147,7 +149,8 @@ def cpu_tune_key(weight_digest: str, opts: KernelOptions, *, bias: bool, threads
         "isa": opts.arch, "relu": opts.relu, "bias": bool(bias), "residual": opts.residual,
         "pinned": {f: getattr(opts, f) for f in FIELDS if getattr(opts, f) is not None},
         "threads": threads,
-    }
+    } | ({} if opts.dtype == "float32" and not opts.packed else  # float32 keys as they were
+         {"dtype": opts.dtype, "accumulate": opts.accumulate or "float32"})
 
 
 def load_cpu_stored(key: dict, opts: KernelOptions) -> tuple[KernelOptions, dict] | None:
@@ -186,7 +189,10 @@ class CpuTimer:
                  max_calls: int = 10000, burst: Burst | None = None):
         self.ref, self.threads = ref, threads
         self.repeats, self.burst_s, self.max_calls = max(1, repeats), burst_s, max_calls
-        self.out = np.empty(ref.expected.shape, np.float32)
+        # the operands as the kernel takes them (half: float16 / bfloat16 bits, exact values of ref's)
+        self.b = host_array(ref.b, ref.dtype)
+        self.r = None if ref.residual is None else host_array(ref.residual, ref.dtype)
+        self.out = np.empty(ref.expected.shape, self.b.dtype)
         self.burst = burst or self._burst
         self.calls: dict[int, int] = {}  # per kernel (id): calls per burst, from its calibration
         self.anchor, self.anchor_us = None, None
@@ -196,7 +202,7 @@ class CpuTimer:
         self.anchor, self.anchor_us = kernel, us
 
     def _burst(self, kernel, calls: int) -> float:
-        b, r, out, threads = self.ref.b, self.ref.residual, self.out, self.threads
+        b, r, out, threads = self.b, self.r, self.out, self.threads
         t0 = time.perf_counter()
         for _ in range(calls):
             kernel(b, out=out, residual=r, threads=threads)
@@ -240,8 +246,9 @@ def interleaved(timer: CpuTimer, kernels: dict, rounds: int = ROUNDS) -> dict:
 
 
 def verify_native(kernel, ref: Reference, threads: int) -> float:
-    got = kernel(ref.b, residual=ref.residual, threads=threads)
-    return relative_error(got, ref.expected)
+    r = None if ref.residual is None else host_array(ref.residual, ref.dtype)
+    got = kernel(host_array(ref.b, ref.dtype), residual=r, threads=threads)
+    return relative_error(host_values(got, ref.dtype), ref.expected)
 
 
 # -- the search --------------------------------------------------------------------------------
@@ -280,7 +287,7 @@ def _cpu_model() -> str:
 
 def tuned_cpu_options(weight, options: KernelOptions, *, bias=None, threads: int | None = None,
                       progress: Callable[[int, int, CpuTuneStep], None] | None = None,
-                      budget: int | None = None, force: bool = False, rtol: float = DEFAULT_RTOL,
+                      budget: int | None = None, force: bool = False, rtol: float | None = None,
                       compile_fn=None, timer: CpuTimer | None = None, playoff: int | None = None,
                       rounds: int | None = None) -> KernelOptions:
     """`options` (target='cpu') with rows_per_block, vec, chunk and bcast set to the fastest
@@ -288,7 +295,9 @@ def tuned_cpu_options(weight, options: KernelOptions, *, bias=None, threads: int
 
     A stored result for the same key is returned without timing (unless force=True). `compile_fn`:
     how a candidate is compiled (sparsert.compile; passed in, so the tuner does not import the API
-    above it). `timer`: a CpuTimer (tests inject one with a fake burst).
+    above it). `timer`: a CpuTimer (tests inject one with a fake burst). `rtol`: the largest
+    relative error a candidate may show (None: DEFAULT_RTOL in float32, the mode's error bound on
+    the reference inputs in half precision, check.tolerance).
     """
     if compile_fn is None:
         raise OptionsError("tuned_cpu_options: compile_fn is required (sparsert.compile)")
@@ -297,6 +306,9 @@ def tuned_cpu_options(weight, options: KernelOptions, *, bias=None, threads: int
     w = as_weight(weight)
     if options.arch is None:
         options = replace(options, arch=resolve_arch("cpu", None))
+    why = CpuBackend().supports(options, None)  # before any search: every candidate would fail alike
+    if why is not None:
+        raise OptionsError(f"the cpu backend cannot build this kernel ({why})")
     threads = threads_for(threads)
     key = cpu_tune_key(w.digest(), options, bias=bias is not None, threads=threads)
     if not force:
@@ -312,6 +324,8 @@ def tuned_cpu_options(weight, options: KernelOptions, *, bias=None, threads: int
     m = w.shape[0]
     bias_arr = load_bias(bias, m)
     ref = Reference.build(w, options, bias_arr)
+    if rtol is None:
+        rtol = ref.tolerance(groups=1)  # a CPU register block never splits K
     if timer is None:
         timer = CpuTimer(ref, threads=threads, repeats=REPEATS, burst_s=BURST_S)
     playoff = PLAYOFF if playoff is None else playoff

@@ -3,34 +3,73 @@ time per call (CUDA events, host overhead hidden behind a spin kernel, inputs ro
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from ..check import relative_error, spmm_reference
+from ..check import relative_error, spmm_reference, tolerance
+from ..ir.precision import round_bias, round_to, round_weights
 from ..options import KernelOptions
+from .operands import (
+    ELEM_BYTES,
+    device_array,
+    device_empty,
+    device_normal,
+    device_values,
+    host_array,
+    host_values,
+)
 
 
 @dataclass(frozen=True, eq=False)
 class Reference:
-    """Fixed inputs every candidate runs on, and the float64 result it must reproduce."""
+    """Fixed inputs every candidate runs on, and the float64 result it must reproduce.
 
-    b: np.ndarray  # K x N float32
-    residual: np.ndarray | None  # M x N float32
+    B and R are float32 arrays of values the kernel's dtype holds exactly (drawn, then rounded to
+    it), so the kernel sees the very numbers the reference multiplies; `expected` uses the weights
+    the kernel multiplies by (packed half: rounded to the accumulation format, as the plan does) and
+    the bias in the dtype."""
+
+    b: np.ndarray  # K x N float32, exact in dtype
+    residual: np.ndarray | None  # M x N float32, exact in dtype
     expected: np.ndarray  # M x N float64
+    dtype: str = "float32"
+    accumulate: str = "float32"
+    magnitude: float = 0.0  # max over elements of S = |A| |B| + |bias| + |R| (the error bound's scale)
+    row_nnz: int = 0  # most nonzeros in a row of the weights the kernel multiplies by
 
     @classmethod
     def build(cls, weight, opts: KernelOptions, bias: np.ndarray | None, seed: int = 0) -> Reference:
         m, k = weight.shape
+        dtype, accumulate = opts.dtype, opts.accumulate or "float32"
         rng = np.random.default_rng(seed)
-        b = rng.standard_normal((k, opts.n)).astype(np.float32)
-        r = rng.standard_normal((m, opts.n)).astype(np.float32) if opts.residual else None
-        ref = spmm_reference(weight.matrix, b, bias, residual=r, relu=opts.relu)
-        return cls(b=b, residual=r, expected=ref)
+        b = round_to(rng.standard_normal((k, opts.n)).astype(np.float32), dtype)
+        r = round_to(rng.standard_normal((m, opts.n)).astype(np.float32), dtype) if opts.residual else None
+        a = weight.matrix
+        if accumulate != "float32":
+            with warnings.catch_warnings():  # weights rounding to zero: compiling the kernel warns
+                warnings.simplefilter("ignore", RuntimeWarning)
+                a = round_weights(a, accumulate)
+        if bias is not None:
+            bias = round_bias(np.asarray(bias, dtype=np.float32), dtype)
+        ref = spmm_reference(a, b, bias, residual=r, relu=opts.relu)
+        scale = spmm_reference(abs(a), np.abs(b), None if bias is None else np.abs(bias),
+                               residual=None if r is None else np.abs(r))
+        return cls(b=b, residual=r, expected=ref, dtype=dtype, accumulate=accumulate,
+                   magnitude=float(np.max(scale, initial=0.0)),
+                   row_nnz=int(np.diff(a.tocsr().indptr).max(initial=0)))
+
+    def tolerance(self, groups: int) -> float:
+        """The largest relative error a correct kernel whose `groups` thread groups split K can
+        show on these inputs (check.tolerance: DEFAULT_RTOL in float32, the error bound in half)."""
+        return tolerance(self.dtype, self.accumulate, self.row_nnz + groups, s_max=self.magnitude,
+                         c_max=float(np.max(np.abs(self.expected), initial=0.0)))
 
 
 Timer = Callable[..., float]  # (SparseKernel) -> microseconds per call
@@ -38,16 +77,17 @@ Verifier = Callable[..., float]  # (SparseKernel, Reference) -> max relative err
 
 
 def verify_on_gpu(kernel, ref: Reference) -> float:
-    import cupy
-
-    r = None if ref.residual is None else cupy.asarray(ref.residual)
-    got = cupy.asnumpy(kernel(cupy.asarray(ref.b), residual=r))
-    return relative_error(got, ref.expected)
+    """The kernel's own call on this GPU, operands in its dtype (bfloat16: torch CUDA tensors)."""
+    r = None if ref.residual is None else device_array(ref.residual, ref.dtype)
+    got = kernel(device_array(ref.b, ref.dtype), residual=r)
+    return relative_error(device_values(got, ref.dtype), ref.expected)
 
 
 def verify_on_host(kernel, ref: Reference) -> float:
     """The same generated code on the CPU (kernel.run_host): for tuning with an injected timer."""
-    return relative_error(kernel.run_host(ref.b, residual=ref.residual), ref.expected)
+    r = None if ref.residual is None else host_array(ref.residual, ref.dtype)
+    got = kernel.run_host(host_array(ref.b, ref.dtype), residual=r)
+    return relative_error(host_values(got, ref.dtype), ref.expected)
 
 
 @dataclass(frozen=True)
@@ -166,22 +206,27 @@ def l2_and_free_bytes() -> tuple[int, int]:
     return l2, int(free)
 
 
+def set_bytes(ref: Reference) -> int:
+    """Bytes of one rotation set: B, C and (if fused) R, in the kernel's dtype."""
+    k, n = ref.b.shape
+    m = ref.expected.shape[0]
+    return ELEM_BYTES[ref.dtype] * (k * n + m * n * (2 if ref.residual is not None else 1))
+
+
 class GpuTimer:
-    """Times a kernel on the GPU: B (and C, R) rotated over enough copies to defeat L2."""
+    """Times a kernel on the GPU: B (and C, R) in the kernel's dtype, rotated over enough copies
+    to defeat L2. bfloat16 operands are torch tensors, launched on torch's current stream, so the
+    CUDA events are recorded on that same stream (measure_us times CuPy's current stream)."""
 
     def __init__(self, ref: Reference, *, warmup: int = 10, repeat: int = 50):
-        import cupy
-
-        self.warmup, self.repeat = warmup, repeat
+        self.warmup, self.repeat, self.dtype = warmup, repeat, ref.dtype
         k, n = ref.b.shape
         m = ref.expected.shape[0]
-        per_set = 4 * (k * n + m * n * (2 if ref.residual is not None else 1))
         l2, free = l2_and_free_bytes()
-        sets = rotation_count(per_set, l2, free // 4)
-        rng = cupy.random.default_rng(1)
-        self.b = [rng.standard_normal((k, n), dtype=cupy.float32) for _ in range(sets)]
-        self.c = [cupy.empty((m, n), dtype=cupy.float32) for _ in range(sets)]
-        self.r = ([rng.standard_normal((m, n), dtype=cupy.float32) for _ in range(sets)]
+        sets = rotation_count(set_bytes(ref), l2, free // 4)
+        self.b = [device_normal((k, n), ref.dtype, seed=1 + i) for i in range(sets)]
+        self.c = [device_empty((m, n), ref.dtype) for _ in range(sets)]
+        self.r = ([device_normal((m, n), ref.dtype, seed=1 + sets + i) for i in range(sets)]
                   if ref.residual is not None else None)
         self.last: Measurement | None = None
 
@@ -192,5 +237,16 @@ class GpuTimer:
             kernel(self.b[i % s], out=self.c[i % s],
                    residual=None if self.r is None else self.r[i % s])
 
-        self.last = measure_us(launch, warmup=self.warmup, repeat=self.repeat)
+        with self._stream():
+            self.last = measure_us(launch, warmup=self.warmup, repeat=self.repeat)
         return self.last.median_us
+
+    def _stream(self):
+        """CuPy's current stream for the measurement: torch's, where the operands are torch tensors."""
+        if self.dtype != "bfloat16":
+            return contextlib.nullcontext()
+        import cupy
+        import torch
+
+        dev = self.b[0].device
+        return cupy.cuda.ExternalStream(torch.cuda.current_stream(dev).cuda_stream, dev.index)

@@ -68,7 +68,8 @@ def search_space(m: int, k: int, opts: KernelOptions, include: Sequence[Params] 
     than N (idle threads), more rows per block than M has.
     """
     n = opts.n
-    vecs = _values(opts.vec, VECTOR_WIDTHS, lambda v: n % v == 0)
+    # packed half does two columns per HFMA2: an odd vec is refused by KernelOptions, not searched
+    vecs = _values(opts.vec, VECTOR_WIDTHS, lambda v: n % v == 0 and not (opts.packed and v % 2))
     rows = _values(opts.rows_per_block, ROWS_PER_BLOCK, lambda r: r == 1 or r < 2 * m)
     groups = _values(opts.groups, GROUPS, lambda g: g <= k)
     depths = _values(opts.prefetch, PREFETCH, lambda d: True)

@@ -18,12 +18,15 @@ FORMAT = 2  # 2: prefetch joined the searched fields
 def tune_key(weight_digest: str, opts: KernelOptions, *, bias: bool) -> dict:
     """What a stored tuning is valid for. Pinned schedule fields are part of it: a tuning found
     with vec free is not an answer for a caller who fixed vec=2."""
+    # half precision: never a float32 record's answer (float32 keys stay as they were); accumulate
+    # None and 'float32' compile the same kernel, so they share a record
+    half = ({} if opts.dtype == "float32" and opts.accumulate in (None, "float32") else
+            {"dtype": opts.dtype, "accumulate": opts.accumulate or "float32"})
     return {
         "format": FORMAT, "weight": weight_digest, "n": opts.n, "arch": opts.arch,
         "target": opts.target, "relu": opts.relu, "bias": bool(bias), "residual": opts.residual,
         "pinned": {f: getattr(opts, f) for f in SCHEDULE_FIELDS if getattr(opts, f) is not None},
-    } | ({} if opts.dtype == "float32" and opts.accumulate in (None, "float32") else
-         {"dtype": opts.dtype, "accumulate": opts.accumulate})  # half: never a float32 record
+    } | half
 
 
 def _store() -> CacheStore:

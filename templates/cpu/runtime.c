@@ -18,7 +18,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-typedef void (*blk_fn)(const float *B, float *C, const float *R, long j0, long j1);
+typedef void (*blk_fn)(const float *P, void *C, const void *R, long j0, long j1);
 
 typedef struct {
     /* kernel */
@@ -26,13 +26,18 @@ typedef struct {
     const long *cost; /* per block: relative cost per column (nonzeros*V + rows + call) */
     long nblocks, k, n, chunk, width; /* chunk: a multiple of width */
     long tile; /* floats from one packed tile to the next (the kernel's compiled stride) */
-    /* operands; per image b: B + b*stride_b, C + b*stride_c (R likewise) */
-    const float *B;
-    float *C;
-    const float *R;
+    /* operands; per image b: B + b*stride_b, C + b*stride_c (R likewise), in elements */
+    const void *B;
+    void *C;
+    const void *R;
     long batch, stride_b, stride_c;
     /* convolution (gather != 0): B is the NCHW input X, read as a virtual im2col matrix */
     long gather, c_in, h, w, kh, kw, sy, sx, py, px, dy, dx, ow;
+    /* element type of B, C and R: 0 float32, 1 float16, 2 bfloat16. The panel is float32 always:
+       half inputs are widened (exactly) while packing, so the kernels' inner loops are the same. */
+    long elem;
+    /* vdpbf16ps kernels (bfloat16 only): after packing, each tile is squeezed to pairs of rows */
+    long pairs;
 } sprt_job;
 
 #define MAXT 256
@@ -65,34 +70,63 @@ static long futex(volatile void *addr, int op, uint32_t val) {
 
 static long nchunks(const sprt_job *j) { return (j->n + j->chunk - 1) / j->chunk; }
 
-/* The kernels need AVX2 anyway: the copies use 32-byte moves. */
-#define AVX2 __attribute__((target("avx2")))
+/* The kernels need AVX2 anyway: the copies use 32-byte moves; float16 inputs need F16C (every
+   AVX2 CPU has it; the launcher checks). */
+#define AVX2 __attribute__((target("avx2,f16c")))
 
-/* n <= 8 floats from src (NULL: zeros) to dst. Reads nothing beyond src[n) (a masked load never
-   faults), but always STORES 8 floats: masked stores are very slow on AMD (vmaskmovps). The
-   spill lands on later columns of the same packed row, the next row (k + 1), or the tile's
-   16-float pad, and pack() writes every row in increasing (k, column) order, so each spilled
-   float is overwritten with its true value afterwards. */
-AVX2 static inline void put8(float *dst, const float *src, long n) {
-    if (n == 8) {
-        _mm256_storeu_ps(dst, src ? _mm256_loadu_ps(src) : _mm256_setzero_ps());
-        return;
+static inline long esize(const sprt_job *jb) { return jb->elem ? 2 : 4; }
+
+/* n <= 8 elements at src as float32 (exact for both half types); reads nothing beyond src[n). */
+AVX2 static inline __m256 load8(const char *src, long n, long elem) {
+    if (elem == 0) {
+        if (n == 8) return _mm256_loadu_ps((const float *)src);
+        __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        return _mm256_maskload_ps((const float *)src, m); /* a masked load never faults */
     }
-    __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    _mm256_storeu_ps(dst, src ? _mm256_maskload_ps(src, m) : _mm256_setzero_ps());
+    __m128i h;
+    if (n == 8) {
+        h = _mm_loadu_si128((const __m128i *)src);
+    } else {
+        uint16_t part[8] = {0};
+        memcpy(part, src, (size_t)(2 * n));
+        h = _mm_loadu_si128((const __m128i *)part);
+    }
+    if (elem == 1) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); /* bf16: top half */
+}
+
+/* Element i of a row as float32 (the strided gather of a convolution). */
+AVX2 static inline float elem_at(const char *x, long i, long elem) {
+    if (elem == 0) return ((const float *)x)[i];
+    uint16_t h;
+    memcpy(&h, x + 2 * i, 2);
+    if (elem == 1) return _cvtsh_ss(h);
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* n <= 8 elements from src (NULL: zeros) to dst as floats. Reads nothing beyond src[n), but
+   always STORES 8 floats: masked stores are very slow on AMD (vmaskmovps). The spill lands on
+   later columns of the same packed row, the next row (k + 1), or the tile's 16-float pad, and
+   pack() writes every row in increasing (k, column) order, so each spilled float is overwritten
+   with its true value afterwards. */
+AVX2 static inline void put8(float *dst, const char *src, long n, long elem) {
+    _mm256_storeu_ps(dst, src ? load8(src, n, elem) : _mm256_setzero_ps());
 }
 
 /* Columns [off, off + len) of packed row k (base = panel + k*W) := src[0..len) (NULL: zeros):
    split where the columns cross from one tile into the next. */
-AVX2 static inline void put(const sprt_job *jb, float *base, long off, const float *src, long len) {
-    long W = jb->width;
+AVX2 static inline void put(const sprt_job *jb, float *base, long off, const char *src, long len) {
+    long W = jb->width, es = esize(jb);
     long t = W == 8 ? off >> 3 : off / W, i = off - t * W; /* W == 8: the AVX2 default, no divide */
     float *dst = base + t * jb->tile + i;
     while (len > 0) {
         long n = W - i < len ? W - i : len;
-        for (long a = 0; a < n; a += 8) put8(dst + a, src ? src + a : NULL, n - a < 8 ? n - a : 8);
+        for (long a = 0; a < n; a += 8) put8(dst + a, src ? src + a * es : NULL, n - a < 8 ? n - a : 8, jb->elem);
         len -= n;
-        if (src) src += n;
+        if (src) src += n * es;
         dst += jb->tile - i; /* next tile, lane 0 */
         i = 0;
     }
@@ -106,17 +140,17 @@ AVX2 static inline void put(const sprt_job *jb, float *base, long off, const flo
    crawls). For a convolution B is the virtual im2col matrix of image x: each (tap k, output row)
    is a run of input pixels, copied as runs (stride 1) or gathered (stride > 1), zeros in the
    padding. */
-AVX2 static void pack(const sprt_job *jb, const float *x, float *panel, long *runs, long j0, long j1) {
+AVX2 static void pack(const sprt_job *jb, const char *x, float *panel, long *runs, long j0, long j1) {
     long W = jb->width, K = jb->k, cnt = j1 - j0, full = cnt / W, rest = cnt - full * W;
-    long tile = jb->tile;
+    long tile = jb->tile, es = esize(jb), elem = jb->elem;
     if (!jb->gather) {
         for (long k = 0; k < K; k++) {
-            const float *src = x + k * jb->n + j0;
+            const char *src = x + (k * jb->n + j0) * es;
             float *dst = panel + k * W;
             if (W == 8) /* the AVX2 default: one move per tile row */
-                for (long t = 0; t < full; t++, src += 8, dst += tile) _mm256_storeu_ps(dst, _mm256_loadu_ps(src));
+                for (long t = 0; t < full; t++, src += 8 * es, dst += tile) _mm256_storeu_ps(dst, load8(src, 8, elem));
             else
-                for (long t = 0; t < full; t++, src += W, dst += tile) put(jb, dst, 0, src, W);
+                for (long t = 0; t < full; t++, src += W * es, dst += tile) put(jb, dst, 0, src, W);
             if (rest) {
                 put(jb, dst, 0, src, rest);
                 put(jb, dst, rest, NULL, W - rest);
@@ -144,20 +178,20 @@ AVX2 static void pack(const sprt_job *jb, const float *x, float *panel, long *ru
                     if (iy < 0 || iy >= jb->h) {
                         put(jb, base, off, NULL, run);
                     } else if (jb->sx == 1) { /* [ua, ub) of the run falls inside the row */
-                        const float *xr = x + (c * jb->h + iy) * jb->w;
+                        const char *xr = x + (c * jb->h + iy) * jb->w * es;
                         long ua = -ix > 0 ? -ix : 0, ub = jb->w - ix;
                         if (ua > run) ua = run;
                         if (ub > run) ub = run;
                         if (ub < ua) ub = ua;
                         if (ua) put(jb, base, off, NULL, ua);
-                        if (ub > ua) put(jb, base, off + ua, xr + ix + ua, ub - ua);
+                        if (ub > ua) put(jb, base, off + ua, xr + (ix + ua) * es, ub - ua);
                         if (run > ub) put(jb, base, off + ub, NULL, run - ub);
                     } else {
-                        const float *xr = x + (c * jb->h + iy) * jb->w;
+                        const char *xr = x + (c * jb->h + iy) * jb->w * es;
                         long t = off / W, i = off - t * W; /* walk (tile, lane) without dividing */
                         float *dst = base + t * tile + i;
                         for (long u = 0; u < run; u++, ix += jb->sx) {
-                            *dst = (ix >= 0 && ix < jb->w) ? xr[ix] : 0.0f;
+                            *dst = (ix >= 0 && ix < jb->w) ? elem_at(xr, ix, elem) : 0.0f;
                             if (++i == W) i = 0, dst += tile - W + 1;
                             else dst++;
                         }
@@ -167,12 +201,33 @@ AVX2 static void pack(const sprt_job *jb, const float *x, float *panel, long *ru
             }
 }
 
+/* vdpbf16ps kernels read a tile as (K + 1) / 2 rows of W dwords, dword i of row p holding the
+   bf16 of B[2p, i] (low half) and B[2p + 1, i] (high half, 0 past K): from the float32 panel
+   (exact widened bf16, so the top 16 bits are the bf16), in place, tiles then rows in increasing
+   order: the squeezed tile (stride (K + 1) / 2 * W + 16, the kernel's) is written at or below
+   every float still to be read. */
+AVX2 static void squeeze(const sprt_job *jb, float *panel, long tiles) {
+    long W = jb->width, K = jb->k, P = (K + 1) / 2, tile = jb->tile, tile2 = P * W + 16;
+    const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
+    for (long t = 0; t < tiles; t++)
+        for (long p = 0; p < P; p++) {
+            const float *r0 = panel + t * tile + 2 * p * W;
+            float *dst = panel + t * tile2 + p * W;
+            for (long i = 0; i < W; i += 8) {
+                __m256i a = _mm256_castps_si256(_mm256_loadu_ps(r0 + i));
+                __m256i b = 2 * p + 1 < K ? _mm256_castps_si256(_mm256_loadu_ps(r0 + W + i)) : _mm256_setzero_si256();
+                __m256i w = _mm256_or_si256(_mm256_and_si256(b, hi), _mm256_srli_epi32(a, 16));
+                _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(w));
+            }
+        }
+}
+
 /* Thread t takes the next segment (a contiguous run of items) until none is left: a thread that
    is slow (or descheduled: the machine may be shared) just takes fewer. Its panel keeps the
    (image, chunk) it packed last, so consecutive items of one chunk pack it once. */
 static void work(int t) {
     const sprt_job *jb = cur;
-    long nb = jb->nblocks, nc = nchunks(jb), have = -1;
+    long nb = jb->nblocks, nc = nchunks(jb), have = -1, es = esize(jb);
     long tiles = jb->chunk / jb->width;
     long need = jb->tile * tiles + 8 * (jb->chunk + 1); /* panel + runs (4 longs each) */
     if (scratch_len[t] < need) {
@@ -189,10 +244,23 @@ static void work(int t) {
         for (long it = bounds[sg]; it < bounds[sg + 1]; it++) {
             long unit = it / nb, b = it % nb, img = unit / nc, c = unit % nc;
             long j0 = c * jb->chunk, j1 = j0 + jb->chunk < jb->n ? j0 + jb->chunk : jb->n;
-            if (unit != have) { pack(jb, jb->B + img * jb->stride_b, panel, runs, j0, j1); have = unit; }
-            jb->fns[b](panel, jb->C + img * jb->stride_c, jb->R ? jb->R + img * jb->stride_c : NULL, j0, j1);
+            if (unit != have) {
+                pack(jb, (const char *)jb->B + img * jb->stride_b * es, panel, runs, j0, j1);
+                if (jb->pairs) squeeze(jb, panel, (j1 - j0 + jb->width - 1) / jb->width);
+                have = unit;
+            }
+            jb->fns[b](panel, (char *)jb->C + img * jb->stride_c * es,
+                       jb->R ? (const char *)jb->R + img * jb->stride_c * es : NULL, j0, j1);
         }
     }
+}
+
+/* For the tests: the panel work() packs for image img, columns [j0, j1) (squeezed for vdpbf16ps
+   kernels), into `panel` (float32 tiles, then 4 longs per column of scratch, as in work()). */
+void sprt_pack(const sprt_job *jb, long img, long j0, long j1, float *panel) {
+    long tiles = (j1 - j0 + jb->width - 1) / jb->width;
+    pack(jb, (const char *)jb->B + img * jb->stride_b * esize(jb), panel, (long *)(panel + jb->tile * tiles), j0, j1);
+    if (jb->pairs) squeeze(jb, panel, tiles);
 }
 
 static void *worker(void *arg) {

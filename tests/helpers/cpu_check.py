@@ -57,18 +57,39 @@ def pack(B: np.ndarray, j0: int, j1: int, width: int, tile: int) -> np.ndarray:
     return panel
 
 
-def simulate(asm: str, B: np.ndarray, m: int, *, width: int, tile: int, R=None, functions=None, chunk=None):
+def squeeze(panel: np.ndarray, k: int, width: int, tile: int, tiles: int) -> np.ndarray:
+    """The runtime's squeeze() for vdpbf16ps kernels: each packed tile as (k + 1) // 2 rows of
+    `width` dwords, (bf16 of row 2p + 1) << 16 | bf16 of row 2p, at a stride of
+    tile_floats((k + 1) // 2, width)."""
+    p = (k + 1) // 2
+    tile2 = p * width + 16
+    out = np.zeros(max(1, tiles) * tile2, np.uint32)
+    for t in range(tiles):
+        rows = np.zeros((2 * p, width), np.uint32)
+        rows[:k] = panel[t * tile: t * tile + k * width].view(np.uint32).reshape(k, width)
+        out[t * tile2: t * tile2 + p * width] = ((rows[1::2] & 0xFFFF0000) | (rows[0::2] >> 16)).reshape(-1)
+    return out.view(np.float32)
+
+
+def simulate(asm: str, B: np.ndarray, m: int, *, width: int, tile: int, R=None, functions=None, chunk=None,
+             dtype: str = "float32", pairs: bool = False):
     """C computed by running every exported block function of `asm` in the x86 simulator over
-    the packed panel of B, chunk by chunk, as the runtime does."""
+    the packed panel of B, chunk by chunk, as the runtime does. B: float32 values (a half kernel's
+    panel is its B widened, exactly); C and R in `dtype` (bfloat16 as uint16 bits)."""
     from x86_sim import Memory, Program
 
     k, n = B.shape
     prog = Program(asm)
-    C = np.full((m, n), np.nan, np.float32)  # poisoned: every output must be written
+    if dtype == "float32":
+        C = np.full((m, n), np.nan, np.float32)  # poisoned: every output must be written
+    else:  # a NaN in both half formats
+        C = np.full((m, n), 0x7FFF, np.uint16).view(np.float16 if dtype == "float16" else np.uint16)
     chunk = chunk or n
     for j0 in range(0, n, chunk):
         j1 = min(n, j0 + chunk)
         panel = pack(B, j0, j1, width, tile)
+        if pairs:
+            panel = squeeze(panel, k, width, tile, -(-(j1 - j0) // width))
         mem = Memory()
         p_addr, c_addr = mem.map(panel), mem.map(C)
         r_addr = mem.map(R) if R is not None else 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import ptx_sim
 
+from sparsert.check.error import HALF_TINY, UNIT_ROUNDOFF, gamma
 from sparsert.ir.precision import from_half_bits, half_bits
 
 FMT = {"float16": "f16", "bfloat16": "bf16"}
@@ -68,12 +69,9 @@ def reference(s, B: np.ndarray, R: np.ndarray | None) -> np.ndarray:
     return C
 
 
-U = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24}  # unit roundoff
-TINY = {"float16": 2.0**-25, "bfloat16": 2.0**-134}  # half the smallest subnormal
-
-
-def gamma(n: int, u: float) -> float:
-    return n * u / (1 - n * u)
+# unit roundoff, half the smallest subnormal and Higham's gamma_n: the package's (sparsert.check,
+# whose tolerance the tuner uses); tests/unit/test_tune_half.py pins their values
+U, TINY = UNIT_ROUNDOFF, HALF_TINY
 
 
 def error_bound(s, A: np.ndarray, Bv: np.ndarray, bias=None, Rv=None) -> np.ndarray:

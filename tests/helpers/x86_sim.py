@@ -16,7 +16,16 @@ Floating point is exact IEEE binary32 with round-to-nearest-even, no FTZ/DAZ
 (MXCSR default), x86 NaN rules (first NaN source operand, quietened; default
 NaN 0xFFC00000 for invalid operations; MAX/MIN return the second source when
 either is NaN or both are zero).  FMA rounds once (exact product in binary64,
-sum rounded to odd in binary64, then one rounding to binary32).
+sum rounded to odd in binary64, then one rounding to binary32).  Exceptions,
+as the hardware defines them: VDPBF16PS always uses DAZ/FTZ (see ``_dpbf16``);
+VCVTPH2PS is exact; VCVTPS2PH rounds to nearest even (imm8 0, or 4 = MXCSR)
+with overflow to inf, subnormal results and quietened NaNs (``_f2h``).
+
+Masked (``{kN}``) memory operands access only the selected elements (dword
+or, for the half / word forms, word granularity): masked-off elements of a
+load read nothing and cannot fault, a masked store writes only selected
+elements; a masked ``{1to16}`` broadcast reads its dword only if some lane is
+selected.
 
 The decoder is table-driven: add an entry to ``BUILDERS`` to support another
 mnemonic (a builder gets the decoder, the parsed operands and the instruction
@@ -300,6 +309,40 @@ class Memory:
         for i in np.flatnonzero(m):
             self.write_int(addr + 4 * int(i), 4, int(vals[i]))
 
+    # element access of any width (e.g. the words of vcvtph2ps / vpmovdw) ----
+    def read_elems(self, addr, count, dtype, m=None):
+        """count elements of dtype at addr (a copy).  With m (bool array),
+        elements with m False read as 0 and are not accessed."""
+        dt = np.dtype(dtype)
+        isz = dt.itemsize
+        n = isz * count
+        if m is None or self._contains(addr, n):
+            r = self._find(addr, n)
+            o = addr - r.start
+            v = r.u8[o:o + n].view(dt)
+            return v.copy() if m is None else np.where(m, v, dt.type(0)).astype(dt)
+        out = np.zeros(count, dt)
+        for i in np.flatnonzero(m):
+            out[i] = self.read_int(addr + isz * int(i), isz)
+        return out
+
+    def write_elems(self, addr, vals, m=None):
+        """Store the elements of vals at addr; with m only those with m True
+        (the others are not accessed)."""
+        isz = vals.dtype.itemsize
+        n = isz * len(vals)
+        if m is None or self._contains(addr, n, write=True):
+            r = self._findw(addr, n)
+            o = addr - r.start
+            cur = r.u8[o:o + n].view(vals.dtype)
+            if m is None:
+                cur[...] = vals
+            else:
+                cur[m] = vals[m]
+            return
+        for i in np.flatnonzero(m):
+            self.write_int(addr + isz * int(i), isz, int(vals[i]))
+
 
 # --------------------------------------------------------------------------
 # float32 arithmetic on bit patterns (uint32 arrays)
@@ -322,6 +365,14 @@ _LOW28 = U64(0x0FFFFFFF)
 
 def fma_bits(x, y, z):
     """Correctly rounded x*y+z on float32 bit patterns (NaN payloads not fixed)."""
+    return _fma64(x, y, z).astype(F32).view(U32)
+
+
+def _fma64(x, y, z):
+    """x*y+z on float32 bit patterns as a binary64 value v whose rounding to
+    24 significant bits -- to float32 (normal or subnormal), or with unbounded
+    exponent after scaling by a power of two -- equals that of the exact value
+    (v is the round-to-odd value where round-to-nearest could double-round)."""
     X = x.view(F32).astype(F64)
     Y = y.view(F32).astype(F64)
     Z = z.view(F32).astype(F64)
@@ -331,7 +382,7 @@ def fma_bits(x, y, z):
     # midpoint (such a midpoint is a binary64 number, RN64 is monotonic).  Every
     # float32 midpoint -- normal or subnormal -- has its low 28 bits clear.
     if not ((s.view(U64) & _LOW28) == 0).any():
-        return s.astype(F32).view(U32)
+        return s
     t = s - p
     e = (p - (s - t)) + (Z - t)   # TwoSum error, exact while s is finite
     need = (e != 0) & np.isfinite(s)
@@ -342,7 +393,7 @@ def fma_bits(x, y, z):
             up = (e > 0) == (s > 0)
             sb = np.where(need, np.where(up, sb + U64(1), sb - U64(1)), sb)
             s = sb.view(F64)
-    return s.astype(F32).view(U32)
+    return s
 
 
 def fma_f32(a, b, c):
@@ -354,6 +405,100 @@ def fma_f32(a, b, c):
     a, b, c = np.broadcast_arrays(a, b, c)
     with np.errstate(all="ignore"):
         return _nanfix(fma_bits(a, b, c), [a, b, c]).view(F32)
+
+
+# ---- binary16 / bfloat16 ------------------------------------------------------
+
+U16 = np.uint16
+_SIGN32 = U32(0x80000000)
+_EXP32 = U32(0x7F800000)
+
+
+def _h2f(h):
+    """binary16 bit patterns -> binary32 bit patterns, exact (VCVTPH2PS):
+    subnormal halves become normal floats, inf stays inf, a NaN keeps sign and
+    payload (shifted to the top of the fraction) and gets the quiet bit."""
+    h = np.asarray(h, U16).astype(U32)
+    sign = (h & 0x8000) << 16
+    e = (h >> 10) & 0x1F
+    m = h & 0x3FF
+    out = ((e + 112) << 23) | (m << 13)
+    out = np.where(e == 0x1F, np.where(m != 0, U32(0x7FC00000) | (m << 13),
+                                       U32(0x7F800000)), out)
+    sub = (m.astype(F32) * F32(2.0 ** -24)).view(U32)    # exact: m < 2**10
+    return (np.where(e == 0, sub, out) | sign).astype(U32)
+
+
+def _f2h(u):
+    """binary32 bit patterns -> binary16 bit patterns as VCVTPS2PH with
+    round-to-nearest-even (imm8 = 0 or MXCSR default): overflow -> inf, tiny
+    results rounded to subnormals (no FTZ), +-0 kept, NaN -> sign, all-ones
+    exponent, quiet bit and the top 9 fraction bits of the input."""
+    u = np.asarray(u, U32).astype(np.int64)
+    sign = (u >> 16) & 0x8000
+    e = (u >> 23) & 0xFF
+    m = u & 0x7FFFFF
+    # normal range (e in 113..142): a carry out of the fraction bumps the
+    # exponent and (at e = 142) gives exactly inf
+    q = ((e - 112) << 10) | (m >> 13)
+    rem = m & 0x1FFF
+    q = q + ((rem > 0x1000) | ((rem == 0x1000) & ((q & 1) == 1)))
+    # subnormal / zero results (e <= 112): value / 2**-24 = sig * 2**(e-126);
+    # shifts beyond 25 round to zero like 25 does (sig < 2**24)
+    sig = np.where(e > 0, m | 0x800000, m)
+    sh = np.clip(np.where(e > 0, 126 - e, 125), 1, 25)
+    qs = sig >> sh
+    rs = sig & ((np.int64(1) << sh) - 1)
+    half = np.int64(1) << (sh - 1)
+    qs = qs + ((rs > half) | ((rs == half) & ((qs & 1) == 1)))
+    out = np.where(e <= 112, qs, q)
+    out = np.where(e >= 143, 0x7C00, out)
+    out = np.where(e == 0xFF, np.where(m != 0, 0x7E00 | (m >> 13), 0x7C00), out)
+    return (out | sign).astype(U16)
+
+
+def _daz(u):
+    """Denormal float32 inputs read as zero of the same sign."""
+    return np.where((u & _EXP32) == 0, u & _SIGN32, u).astype(U32)
+
+
+_TWO64 = F64(2.0 ** 64)
+_TINY_SCALED = F32(2.0 ** -62)       # 2**-126 * 2**64
+
+
+def _fma_daz_ftz(x, y, z):
+    """x*y+z on float32 bit patterns: denormal inputs read as +-0 (DAZ), one
+    rounding to nearest even, tiny results flushed to zero of the same sign
+    (FTZ).  Tininess is detected after rounding, as x86 does (SDM vol. 1,
+    4.9.1.5): the result rounded to 24 bits with unbounded exponent is nonzero
+    and below 2**-126 in magnitude.  NaN rule: first NaN of x, y, z (quietened),
+    default NaN for inf*0 and inf-inf."""
+    x, y, z = _daz(x), _daz(y), _daz(z)
+    v = _fma64(x, y, z)
+    r = v.astype(F32).view(U32)
+    tiny = np.abs((v * _TWO64).astype(F32)) < _TINY_SCALED
+    r = np.where(tiny, r & _SIGN32, r).astype(U32)
+    return _nanfix(r, (x, y, z))
+
+
+def _dpbf16(acc, a, b):
+    """VDPBF16PS on one vector: uint32 lanes of bf16 pairs a, b (element 2j in
+    the low half of lane j, 2j+1 in the high half), float32 accumulator acc.
+
+    The SDM's operation section (VDPBF16PS) widens a bf16 to float32 by putting
+    its 16 bits at the top of a zeroed dword, then per lane j performs two
+    accumulations in sequence, the odd (high) pair first and the even (low)
+    pair second; each accumulation is an FMA -- the exact product added to the
+    accumulator and rounded once to binary32, round to nearest even -- with
+    denormal inputs (the accumulator included) treated as zero and denormal
+    outputs flushed to zero; MXCSR is neither read nor written.  So
+    acc = fma(a.hi, b.hi, acc); acc = fma(a.lo, b.lo, acc), each as
+    _fma_daz_ftz.  NaN priority (SDM table for this instruction): src1 low,
+    src2 low, src1 high, src2 high, srcdest -- which is what the two steps give
+    when each picks the first NaN of (src1, src2, accumulator)."""
+    hi = U32(0xFFFF0000)
+    acc = _fma_daz_ftz(a & hi, b & hi, acc)
+    return _fma_daz_ftz(a << 16, b << 16, acc)
 
 
 def _fadd(a, b):
@@ -746,6 +891,73 @@ class Decoder:
                 lo[...] = np.where(_maskbits(K[k], vl), res, lo)
                 hi[...] = zero
         return w
+
+    # 16-bit element operands (half floats, words) ------------------------------
+    @staticmethod
+    def _wreg_ok(op, n):
+        # the register that holds n words: xmm for up to 8, ymm 16, zmm 32
+        if op.lanes != max(4, n // 2):
+            raise AsmError(f"register {op.text!r} does not hold {n} words")
+
+    def wsrc(self, op, n, mask=None):
+        """Getter returning a uint16 array of n words: the low words of a vector
+        register, or 2n bytes of memory.  mask: k register whose zero bits
+        suppress the matching word reads (fault suppression)."""
+        st, V, K = self.st, self.st.V, self.st.K
+        if op.kind == "vec":
+            self._wreg_ok(op, n)
+            view = V[op.num].view(U16)[:n]
+            return lambda: view
+        if op.kind == "mem":
+            if op.bcst is not None:
+                raise AsmError(f"broadcast not allowed here: {op.text!r}")
+            if op.size not in (None, 2 * n):
+                raise AsmError(f"memory operand size does not match: {op.text!r}")
+            a = self.addr(op)
+            if mask is None:
+                return lambda: st.mem.read_elems(a(), n, U16)
+            return lambda: st.mem.read_elems(a(), n, U16, _maskbits(K[mask], n))
+        raise AsmError(f"operand {op.text!r} is not a vector source")
+
+    def wdst(self, op, n):
+        """Setter for n word results: a vector register (low n words, {k}/{z}
+        per word, the rest of the register zeroed) or memory (2n bytes; with
+        {k} only the selected words are written, the others not accessed)."""
+        st, V, K = self.st, self.st.V, self.st.K
+        k, z = op.mask, op.zero
+        if op.kind == "vec":
+            self._wreg_ok(op, n)
+            row = V[op.num].view(U16)
+            lo, hi = row[:n], row[n:]
+            zero = U16(0)
+            if k is None:
+                if z:
+                    raise AsmError(f"{{z}} without a mask in {op.text!r}")
+
+                def w(res):
+                    lo[...] = res
+                    hi[...] = zero
+            elif z:
+                def w(res):
+                    lo[...] = np.where(_maskbits(K[k], n), res, zero)
+                    hi[...] = zero
+            else:
+                def w(res):
+                    lo[...] = np.where(_maskbits(K[k], n), res, lo)
+                    hi[...] = zero
+            return w
+        if op.kind == "mem":
+            if z:
+                raise AsmError("zero-masking is not allowed for stores")
+            if op.bcst is not None:
+                raise AsmError("broadcast not allowed for stores")
+            if op.size not in (None, 2 * n):
+                raise AsmError(f"memory operand size does not match: {op.text!r}")
+            a = self.addr(op)
+            if k is None:
+                return lambda res: st.mem.write_elems(a(), res)
+            return lambda res: st.mem.write_elems(a(), res, _maskbits(K[k], n))
+        raise AsmError(f"operand {op.text!r} is not a destination")
 
 
 # --------------------------------------------------------------------------
@@ -1388,6 +1600,239 @@ def _b_vmaskmov(d, ops, idx):
     def f():
         st.mem.write_vec_masked(a(), V[r, :vl], (V[m, :vl] >> 31).astype(bool))
     return f
+
+
+# ---- conversions, word <-> dword moves, shifts, compares, blends, bf16 -------
+
+@_reg("vcvtph2ps")
+def _b_vcvtph2ps(d, ops, idx):
+    # vcvtph2ps {x,y,z}mm{k}{z}, {x,y}mm / m64 / m128 / m256 (halves -> floats)
+    _nops(ops, 2)
+    dst, src = ops
+    if dst.kind != "vec":
+        raise AsmError("destination must be a vector register")
+    vl = dst.lanes
+    g = d.wsrc(src, vl, dst.mask)
+    w = d.vdst(dst)
+    return lambda: w(_h2f(g()))
+
+
+@_reg("vcvtps2ph")
+def _b_vcvtps2ph(d, ops, idx):
+    # vcvtps2ph {x,y}mm{k}{z} / m64 / m128 / m256{k}, {x,y,z}mm, imm8
+    _nops(ops, 3)
+    dst, src, imm = ops
+    if src.kind != "vec" or imm.kind != "expr":
+        raise AsmError("vcvtps2ph needs a vector register source and an imm8")
+    rc = d.value(imm) & 0xFF
+    if not rc & 4 and rc & 3:
+        raise AsmError(f"vcvtps2ph imm8 {rc:#x}: only round to nearest even (imm8[1:0] = 0, "
+                       "or imm8[2] = 1 for the default MXCSR) is supported")
+    vl = src.lanes
+    g = d.vsrc(src, vl)
+    w = d.wdst(dst, vl)
+    return lambda: w(_f2h(g()))
+
+
+def _b_vpmovxwd(signed):
+    def build(d, ops, idx):
+        # vpmov[zs]xwd {x,y,z}mm{k}{z}, {x,y}mm / m64 / m128 / m256
+        _nops(ops, 2)
+        dst, src = ops
+        if dst.kind != "vec":
+            raise AsmError("destination must be a vector register")
+        vl = dst.lanes
+        g = d.wsrc(src, vl, dst.mask)
+        w = d.vdst(dst)
+        if signed:
+            return lambda: w(g().view(np.int16).astype(np.int32).view(U32))
+        return lambda: w(g().astype(U32))
+    return build
+
+
+BUILDERS["vpmovzxwd"] = _b_vpmovxwd(False)
+BUILDERS["vpmovsxwd"] = _b_vpmovxwd(True)
+
+
+@_reg("vpmovdw")
+def _b_vpmovdw(d, ops, idx):
+    # vpmovdw {x,y}mm{k}{z} / m64 / m128 / m256{k}, {x,y,z}mm  (truncating)
+    _nops(ops, 2)
+    dst, src = ops
+    if src.kind != "vec":
+        raise AsmError("vpmovdw source must be a vector register")
+    vl = src.lanes
+    g = d.vsrc(src, vl)
+    w = d.wdst(dst, vl)
+    return lambda: w(g().astype(U16))
+
+
+def _b_vshift(kind):
+    def build(d, ops, idx):
+        # vps{ll,rl,ra}d dst{k}{z}, src, imm8 / xmm / m128 (count: low 64 bits)
+        _nops(ops, 3)
+        dst, src, cnt = ops
+        vl = _vl_of(dst)
+        st, V = d.st, d.st.V
+        g = d.vsrc(src, vl, dst.mask)
+        w = d.vdst(dst)
+        if cnt.kind == "expr":
+            c0 = d.value(cnt) & 0xFF
+
+            def getc():
+                return c0
+        elif cnt.kind == "vec" and cnt.lanes == 4:
+            r = cnt.num
+
+            def getc():
+                return int(V[r, 0]) | (int(V[r, 1]) << 32)
+        elif cnt.kind == "mem" and cnt.size in (None, 16) and cnt.bcst is None:
+            a = d.addr(cnt)
+
+            def getc():
+                return st.mem.read_int(a(), 16) & M64
+        else:
+            raise AsmError("shift count must be an imm8, an xmm register or m128")
+        zeros = np.zeros(vl, U32)
+
+        def f():
+            c, x = getc(), g()
+            if kind == "sra":
+                w((x.view(np.int32) >> min(c, 31)).view(U32))
+            elif c > 31:
+                w(zeros)
+            elif kind == "sll":
+                w(x << c)
+            else:
+                w(x >> c)
+        return f
+    return build
+
+
+def _packusdw(a, b):
+    """Per 128-bit lane: the 4 signed dwords of a, then those of b, saturated to unsigned words."""
+    out = []
+    for lane in range(0, len(a), 4):
+        words = np.concatenate([np.clip(x[lane:lane + 4].view(np.int32), 0, 0xFFFF) for x in (a, b)])
+        out.append(words.astype(U16).view(U32))
+    return np.concatenate(out)
+
+
+BUILDERS["vpackusdw"] = _b_vbin(_packusdw)
+
+
+@_reg("vpermq")
+def _b_vpermq(d, ops, idx):
+    # vpermq ymm, ymm/m256, imm8 (AVX2): qword i of dst = qword (imm8 >> 2i) & 3 of the source
+    _nops(ops, 3)
+    dst, src, imm = ops
+    if dst.kind != "vec" or dst.lanes != 8 or imm.kind != "expr" or dst.mask is not None:
+        raise AsmError("vpermq: only the AVX2 form ymm, ymm/m256, imm8")
+    sel = d.value(imm) & 0xFF
+    g = d.vsrc(src, 8)
+    w = d.vdst(dst)
+    order = np.array([2 * ((sel >> (2 * i)) & 3) + h for i in range(4) for h in (0, 1)])
+    return lambda: w(g()[order])
+
+
+BUILDERS["vpslld"] = _b_vshift("sll")
+BUILDERS["vpsrld"] = _b_vshift("srl")
+BUILDERS["vpsrad"] = _b_vshift("sra")
+
+
+def _unord(a, b):
+    return (a != a) | (b != b)  # noqa: PLR0124
+
+
+# vcmpps predicates 0..15 on float32 arrays (16..31 repeat them with the other
+# signalling behaviour, which changes only exceptions)
+_CMPPS = [
+    lambda a, b: a == b,                          # 0  EQ_OQ
+    lambda a, b: a < b,                           # 1  LT_OS
+    lambda a, b: a <= b,                          # 2  LE_OS
+    _unord,                                       # 3  UNORD_Q
+    lambda a, b: ~(a == b),                       # 4  NEQ_UQ
+    lambda a, b: ~(a < b),                        # 5  NLT_US
+    lambda a, b: ~(a <= b),                       # 6  NLE_US
+    lambda a, b: ~_unord(a, b),                   # 7  ORD_Q
+    lambda a, b: (a == b) | _unord(a, b),         # 8  EQ_UQ
+    lambda a, b: ~(a >= b),                       # 9  NGE_US
+    lambda a, b: ~(a > b),                        # 10 NGT_US
+    lambda a, b: np.zeros(a.shape, bool),         # 11 FALSE_OQ
+    lambda a, b: (a < b) | (a > b),               # 12 NEQ_OQ
+    lambda a, b: a >= b,                          # 13 GE_OS
+    lambda a, b: a > b,                           # 14 GT_OS
+    lambda a, b: np.ones(a.shape, bool),          # 15 TRUE_UQ
+]
+_CMPPS_NAMES = ["eq", "lt", "le", "unord", "neq", "nlt", "nle", "ord",
+                "eq_uq", "nge", "ngt", "false", "neq_oq", "ge", "gt", "true",
+                "eq_os", "lt_oq", "le_oq", "unord_s", "neq_us", "nlt_uq", "nle_uq",
+                "ord_s", "eq_us", "nge_uq", "ngt_uq", "false_os", "neq_os", "ge_oq",
+                "gt_oq", "true_us"]
+
+
+def _b_vcmpps(pred):
+    def build(d, ops, idx):
+        # vcmpps k{k}, v, v/m/bcst, imm8  |  vcmpps {x,y}mm, v, v/m, imm8
+        # (and the vcmp<pred>ps forms without the imm8)
+        if pred is None:
+            _nops(ops, 4)
+            if ops[3].kind != "expr":
+                raise AsmError("vcmpps predicate must be an imm8")
+            p = d.value(ops[3]) & 0x1F
+        else:
+            _nops(ops, 3)
+            p = pred
+        fn = _CMPPS[p & 15]
+        dst, a, b = ops[:3]
+        if a.kind != "vec":
+            raise AsmError("first source must be a register")
+        vl = a.lanes
+        if dst.kind == "k":
+            ga, gb = d.vsrc(a, vl), d.vsrc(b, vl, dst.mask)
+            K, kd, km = d.st.K, dst.num, dst.mask
+            weights = 1 << np.arange(vl, dtype=np.int64)
+
+            def f():
+                v = int(np.dot(fn(ga().view(F32), gb().view(F32)), weights))
+                K[kd] = v & K[km] if km is not None else v
+            return f
+        if dst.mask is not None or _vl_of(dst) != vl:
+            raise AsmError(f"bad vcmpps destination {dst.text!r}")
+        ga, gb, w = d.vsrc(a, vl), d.vsrc(b, vl), d.vdst(dst)
+        ones, zero = U32(0xFFFFFFFF), U32(0)
+        return lambda: w(np.where(fn(ga().view(F32), gb().view(F32)), ones, zero))
+    return build
+
+
+BUILDERS["vcmpps"] = _b_vcmpps(None)
+for _i, _n in enumerate(_CMPPS_NAMES):
+    BUILDERS[f"vcmp{_n}ps"] = _b_vcmpps(_i)
+
+
+@_reg("vblendvps")
+def _b_vblendvps(d, ops, idx):
+    # vblendvps {x,y}mm, {x,y}mm, {x,y}mm/m, {x,y}mm: sign bit of op4 picks op3
+    _nops(ops, 4)
+    dst, a, b, m = ops
+    if dst.kind != "vec" or a.kind != "vec" or m.kind != "vec" or dst.mask is not None:
+        raise AsmError("vblendvps needs registers (op3 may be memory), no masking")
+    vl = dst.lanes
+    ga, gb, gm, w = d.vsrc(a, vl), d.vsrc(b, vl), d.vsrc(m, vl), d.vdst(dst)
+    return lambda: w(np.where((gm() >> 31).astype(bool), gb(), ga()))
+
+
+@_reg("vdpbf16ps")
+def _b_vdpbf16ps(d, ops, idx):
+    # vdpbf16ps {x,y,z}mm{k}{z}, v, v / m / m32bcst  (semantics: _dpbf16)
+    _nops(ops, 3)
+    dst, a, b = ops
+    if dst.kind != "vec" or a.kind != "vec":
+        raise AsmError("vdpbf16ps needs register destination and first source")
+    vl = dst.lanes
+    gc, ga, gb = d.vsrc(dst, vl), d.vsrc(a, vl), d.vsrc(b, vl, dst.mask)
+    w = d.vdst(dst)
+    return lambda: w(_dpbf16(gc(), ga(), gb()))
 
 
 @_reg("vzeroupper")

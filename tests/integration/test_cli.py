@@ -81,6 +81,31 @@ def test_check_fails_when_tolerance_is_impossible():
     assert proc.returncode == 1 and "FAIL" in proc.stdout
 
 
+@pytest.mark.avx2
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_check_half_kernels_against_their_mode_bound(dtype, tmp_path):
+    """`check --dtype`: operands of the dtype (the host emulator and the CPU target), the tolerance
+    of the mode's error bound (a half kernel's error is far above float32's 1e-4 for bfloat16, and
+    far below the bound's few units of the dtype), and an impossible --rtol still fails."""
+    w = tmp_path / "conv.npy"
+    rng = np.random.default_rng(0)
+    dense = rng.standard_normal((16, 8 * 9)).astype(np.float32)
+    dense[rng.random(dense.shape) < 0.85] = 0
+    np.save(w, dense)
+    cases = [(EXAMPLE, "--n", 100), (w, "--conv", "--input-hw", 9, 11, "--kernel-size", 3, 3, "--padding", 1,
+                                     "--residual")]
+    for args in cases:
+        for target in ("cpu", "cuda"):
+            proc = run("check", *args, "--target", target, "--dtype", dtype, "--relu")
+            assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stdout + proc.stderr
+            assert f"the bound of {dtype} / accumulate=float32" in proc.stdout
+            err = float(proc.stdout.split("max relative error ")[1].split()[0])
+            tol = float(proc.stdout.split("(tolerance ")[1].split(",")[0])
+            assert 0 < err < tol < 20 * (2.0 ** -11 if dtype == "float16" else 2.0 ** -8)
+    proc = run("check", EXAMPLE, "--n", 100, "--target", "cpu", "--dtype", dtype, "--rtol", "1e-6")
+    assert proc.returncode == 1 and "FAIL" in proc.stdout
+
+
 @pytest.mark.hipcc
 def test_hip_target_writes_a_code_object(tmp_path):
     proc = run("compile", EXAMPLE, "--n", 64, "--target", "hip", "--out", tmp_path)

@@ -3,6 +3,8 @@ numbers as the dense model within float32 rounding, torch tensors in and out."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -53,3 +55,26 @@ def test_depthwise_convolutions_stay_dense_on_the_cpu_target():
     x = torch.randn(1, 8, 10, 10)
     report = st.sparsify(model, x, backend="cpu", progress=False).sparsert_report
     assert "depthwise" in report["0"].reason and report["1"].compiled
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_model_stays_half_on_the_cpu_target(dtype):
+    """A float16 / bfloat16 model keeps its dtype on the CPU target: every layer compiles a kernel
+    of that dtype (float32 arithmetic, one rounding per layer output), the outputs are that dtype,
+    and they are as close to the float64 model as the dense half model's own output is."""
+    model = sparsert.prune(_net(), 0.9).to(dtype)
+    x = torch.randn(2, 3, 16, 16).to(dtype)
+    fast = st.sparsify(model, x, backend="cpu", progress=False)
+    report = fast.sparsert_report
+    assert len(report.compiled) == 5 and {r.dtype for r in report.compiled} == {str(dtype).removeprefix("torch.")}
+    kernels = [k for m in fast.modules() if isinstance(m, (st.SparseLinear, st.SparseConv2d)) for k in m.kernels.values()]
+    assert all(getattr(k, "kernel", k).schedule.dtype == str(dtype).removeprefix("torch.") for k in kernels)
+    with torch.no_grad():
+        got = fast(x)
+        ref64 = copy.deepcopy(model).double()(x.double())
+        dense = model(x)
+    assert got.dtype == dtype
+    # the dense half model rounds at least as often (every op in the dtype)
+    assert (got.double() - ref64).abs().max() <= 2 * (dense.double() - ref64).abs().max() + 1e-3
+    with pytest.raises(sparsert.InputError, match="input dtype torch.float32"):
+        fast(x.float())

@@ -1020,3 +1020,1007 @@ k:  xor eax, eax
     dt = time.perf_counter() - t
     assert prog.steps == 2 + 6 * 1000 + 2
     assert dt < 10, dt            # ~60k instructions, 20k FMAs
+
+
+# --------------------------------------------------------------------------
+# half floats, word <-> dword moves, shifts, integer ops, compares, blends,
+# bf16 dot products: numpy / Fraction models, the real CPU for AVX2 + F16C
+
+NATIVE_F16C = NATIVE_AVX2 and "f16c" in FLAGS
+NATIVE_BF16 = NATIVE_AVX512 and "avx512_bf16" in FLAGS
+need_f16c = pytest.mark.skipif(not NATIVE_F16C, reason="needs as/ld and an AVX2+F16C CPU")
+
+_PROGS = {}
+
+
+def sim_prog(text):
+    if text not in _PROGS:
+        _PROGS[text] = Program(text)
+    return _PROGS[text]
+
+
+def sim_call(text, name, args, mem=None):
+    """Run name in the simulator on copies of the array args -> (rax, copies)."""
+    sim = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+    r = run_sim(sim_prog(text), name, sim, mem)
+    return r, sim
+
+
+def u32(x):
+    return np.asarray(x, np.uint32)
+
+
+def mask_bits(mask, n=16):
+    return ((mask >> np.arange(n)) & 1).astype(bool)
+
+
+def model_h2f(h):
+    """binary16 bits -> binary32 bits: numpy's exact widening, NaN quietened
+    (sign, quiet bit, payload moved to the top of the fraction)."""
+    h = np.asarray(h, np.uint16)
+    out = h.view(np.float16).astype(np.float32).view(np.uint32).copy()
+    nan = np.isnan(h.view(np.float16))
+    hn = h[nan].astype(np.uint32)
+    out[nan] = ((hn & 0x8000) << 16) | 0x7FC00000 | ((hn & 0x3FF) << 13)
+    return out
+
+
+def model_f2h(f):
+    """binary32 bits -> binary16 bits: numpy's round-to-nearest-even narrowing
+    (overflow -> inf, subnormal results), NaN -> sign | 0x7E00 | top 9 payload bits."""
+    u = u32(f)
+    with np.errstate(all="ignore"):
+        out = u.view(np.float32).astype(np.float16).view(np.uint16).copy()
+    nan = np.isnan(u.view(np.float32))
+    un = u[nan]
+    out[nan] = (((un >> 16) & 0x8000) | 0x7E00 | ((un >> 13) & 0x1FF)).astype(np.uint16)
+    return out
+
+
+# float32 inputs for the narrowing: every rounding boundary of binary16
+def f2h_edges():
+    v = [0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, 65504.0, -65504.0, 65519.996, 65520.0,
+         -65520.0, 65536.0, 1e10, 3.4028235e38, 2.0**-14, 2.0**-24, 2.0**-25, 2.0**-26,
+         2.0**-25 * (1 + 2.0**-23), 3 * 2.0**-25, 5 * 2.0**-25, 2.0**-14 - 2.0**-25,
+         2.0**-14 - 2.0**-26, 1 + 2.0**-11, 1 + 3 * 2.0**-11, 1 + 2.0**-11 + 2.0**-23,
+         1 - 2.0**-12, 2048 + 1, 2048 + 3, 1e-30, -1e-30, 1e-45]
+    rng = np.random.default_rng(16)
+    out = [np.float32(x) for x in v]
+    # halfway points between adjacent halves, and one float32 ulp either side
+    h = np.arange(0, 0x7C00, 37, dtype=np.uint32)
+    lo = np.array(h, np.uint16).view(np.float16).astype(np.float64)
+    hi = np.array(h + 1, np.uint16).view(np.float16).astype(np.float64)
+    mid = ((lo + hi) / 2).astype(np.float32)
+    for m in mid:
+        for d in (-1, 0, 1):
+            x = f32(bits(m).astype(np.int64) + d)
+            out += [np.float32(x), -np.float32(x)]
+    bitsv = np.concatenate([bits(np.array(out, np.float32)),
+                            u32([0x7FC00000, 0xFFC12345, 0x7F812345, 0xFF800001, 0x7FBFFFFF,
+                                 0x7F802000, 0x7F801FFF, 0x00000001, 0x807FFFFF, 0x00800000]),
+                            rng.integers(0, 2**32, 4096, dtype=np.uint64).astype(np.uint32),
+                            # exponents around the binary16 range, random fractions
+                            (rng.integers(0, 2**23, 4096).astype(np.uint32)
+                             | (rng.integers(95, 146, 4096).astype(np.uint32) << 23)
+                             | (rng.integers(0, 2, 4096).astype(np.uint32) << 31))])
+    pad = (-len(bitsv)) % 16
+    return np.concatenate([bitsv, np.zeros(pad, np.uint32)]).view(np.float32)
+
+
+def test_half_models_and_simulator_helpers_agree_on_every_half():
+    h = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    f = model_h2f(h)
+    assert (x86_sim._h2f(h) == f).all()
+    # widening is exact: narrowing gives the half back (NaNs: quiet bit set)
+    nan = np.isnan(h.view(np.float16))
+    back = model_f2h(f)
+    assert (back[~nan] == h[~nan]).all() and (back[nan] == (h[nan] | 0x200)).all()
+    # subnormal halves become normal floats; sNaN 0x7C01 -> 0x7FC02000
+    assert x86_sim._h2f(np.array([0x0001], np.uint16))[0] == bits(np.float32(2.0**-24))
+    assert x86_sim._h2f(np.array([0x7C01, 0xFC00], np.uint16)).tolist() == [0x7FC02000, 0xFF800000]
+    e = bits(f2h_edges())
+    assert (x86_sim._f2h(e) == model_f2h(e)).all()
+
+
+def test_f2h_hand_checked_values():
+    cases = {65504.0: 0x7BFF, 65519.996: 0x7BFF, 65520.0: 0x7C00, -1e10: 0xFC00,
+             2.0**-25: 0x0000, 2.0**-25 * (1 + 2.0**-23): 0x0001, 3 * 2.0**-25: 0x0002,
+             5 * 2.0**-25: 0x0002, 2.0**-24: 0x0001, 2.0**-14 - 2.0**-25: 0x0400,
+             1 + 2.0**-11: 0x3C00, 1 + 3 * 2.0**-11: 0x3C02, -0.0: 0x8000, 1e-45: 0x0000}
+    src = np.array(list(cases), np.float32)
+    got = x86_sim._f2h(bits(src))
+    assert got.tolist() == list(cases.values())
+    nans = u32([0x7F812345, 0xFF800001, 0x7FC00000, 0xFFFFFFFF])
+    assert x86_sim._f2h(nans).tolist() == [0x7E09, 0xFE00, 0x7E00, 0xFFFF]
+
+
+# --- AVX2 + F16C kernels, run natively and in the simulator -----------------
+
+F16_AVX2 = HEADER + r"""
+# void h2f(float *out, const unsigned short *in, long n)       n % 8 == 0
+# out[0:n] ymm <- m128, out[n:2n] ymm <- xmm register, out[2n:3n] xmm <- m64
+    .globl h2f
+h2f:
+    xor eax, eax
+    lea r8, [rdi+rdx*4]
+    lea r9, [r8+rdx*4]
+.Lh2f:
+    vcvtph2ps ymm0, XMMWORD PTR [rsi+rax*2]
+    vmovups YMMWORD PTR [rdi+rax*4], ymm0
+    vmovdqu xmm1, XMMWORD PTR [rsi+rax*2]
+    vcvtph2ps ymm2, xmm1
+    vmovups YMMWORD PTR [r8+rax*4], ymm2
+    vcvtph2ps xmm3, QWORD PTR [rsi+rax*2]
+    vmovups XMMWORD PTR [r9+rax*4], xmm3
+    vcvtph2ps xmm3, QWORD PTR [rsi+rax*2+8]
+    vmovups XMMWORD PTR [r9+rax*4+16], xmm3
+    add rax, 8
+    cmp rax, rdx
+    jl .Lh2f
+    vzeroupper
+    ret
+
+# void f2h(unsigned short *out, const float *in, long n)       n % 8 == 0
+# out[0:n] m128 <- ymm (imm 0), out[n:2n] xmm <- ymm register (imm 0),
+# out[2n:3n] m64 <- xmm (imm 4: MXCSR rounding, and 8: same, exceptions off)
+    .globl f2h
+f2h:
+    xor eax, eax
+    lea r8, [rdi+rdx*2]
+    lea r9, [r8+rdx*2]
+.Lf2h:
+    vmovups ymm0, YMMWORD PTR [rsi+rax*4]
+    vcvtps2ph XMMWORD PTR [rdi+rax*2], ymm0, 0
+    vcvtps2ph xmm1, ymm0, 0
+    vmovdqu XMMWORD PTR [r8+rax*2], xmm1
+    vcvtps2ph QWORD PTR [r9+rax*2], xmm0, 4
+    vmovups xmm2, XMMWORD PTR [rsi+rax*4+16]
+    vcvtps2ph QWORD PTR [r9+rax*2+8], xmm2, 8
+    add rax, 8
+    cmp rax, rdx
+    jl .Lf2h
+    vzeroupper
+    ret
+
+# void wd(unsigned *out, const unsigned short *in, long n)      n % 8 == 0
+# out[0:n] vpmovzxwd ymm <- m128, out[n:2n] ymm <- xmm, out[2n:3n] vpmovsxwd
+# ymm <- m128, out[3n:4n] vpmovzxwd xmm <- m64
+    .globl wd
+wd:
+    xor eax, eax
+    lea r8, [rdi+rdx*4]
+    lea r9, [r8+rdx*4]
+    lea r10, [r9+rdx*4]
+.Lwd:
+    vpmovzxwd ymm0, XMMWORD PTR [rsi+rax*2]
+    vmovdqu YMMWORD PTR [rdi+rax*4], ymm0
+    vmovdqu xmm1, XMMWORD PTR [rsi+rax*2]
+    vpmovzxwd ymm2, xmm1
+    vmovdqu YMMWORD PTR [r8+rax*4], ymm2
+    vpmovsxwd ymm3, XMMWORD PTR [rsi+rax*2]
+    vmovdqu YMMWORD PTR [r9+rax*4], ymm3
+    vpmovzxwd xmm4, QWORD PTR [rsi+rax*2]
+    vmovdqu XMMWORD PTR [r10+rax*4], xmm4
+    vpmovzxwd xmm4, QWORD PTR [rsi+rax*2+8]
+    vmovdqu XMMWORD PTR [r10+rax*4+16], xmm4
+    add rax, 8
+    cmp rax, rdx
+    jl .Lwd
+    vzeroupper
+    ret
+
+# void upper(unsigned *out48)   the VEX writes zero the rest of the register
+    .globl upper_f16
+upper_f16:
+    vpcmpeqd ymm1, ymm1, ymm1
+    vpcmpeqd ymm2, ymm2, ymm2
+    vcvtps2ph xmm1, ymm1, 0
+    vpmovzxwd xmm2, xmm2
+    vmovdqu YMMWORD PTR [rdi], ymm1
+    vmovdqu YMMWORD PTR [rdi+32], ymm2
+    ret
+"""
+
+
+def block_kernel(name, ops):
+    """out[i*n:(i+1)*n] = op_i for each op line of ops; the op reads ymm0 =
+    a[j:j+8], ymm1 = b[...], ymm2 = c[...] (rsi, rdx, rcx + rax*4 address them)
+    and xmm4 = the first 16 bytes of d, and leaves its result in ymm3.
+    Signature: (out, a, b, c, n, d), n % 8 == 0."""
+    lines = [f"    .globl {name}", f"{name}:", "    xor eax, eax", "    mov r10, r8",
+             "    shl r10, 2", "    vmovdqu xmm4, XMMWORD PTR [r9]", f".L{name}:",
+             "    vmovdqu ymm0, YMMWORD PTR [rsi+rax*4]",
+             "    vmovdqu ymm1, YMMWORD PTR [rdx+rax*4]",
+             "    vmovdqu ymm2, YMMWORD PTR [rcx+rax*4]", "    mov r11, rdi"]
+    for op in ops:
+        lines += [f"    {op}", "    vmovdqu YMMWORD PTR [r11+rax*4], ymm3", "    add r11, r10"]
+    lines += ["    add rax, 8", "    cmp rax, r8", f"    jl .L{name}", "    vzeroupper", "    ret", ""]
+    return "\n".join(lines)
+
+
+SHIFT_COUNTS = [0, 1, 7, 13, 16, 31, 32, 33, 255]
+SHIFT_OPS = ([f"vpslld ymm3, ymm0, {c}" for c in SHIFT_COUNTS]
+             + [f"vpsrld ymm3, ymm0, {c}" for c in SHIFT_COUNTS]
+             + [f"vpsrad ymm3, ymm0, {c}" for c in SHIFT_COUNTS]
+             + ["vpslld ymm3, ymm0, xmm4", "vpsrld ymm3, ymm0, xmm4", "vpsrad ymm3, ymm0, xmm4",
+                "vpsrld ymm3, ymm0, XMMWORD PTR [r9]"])
+INT_OPS = ["vpand ymm3, ymm0, ymm1", "vpand ymm3, ymm0, YMMWORD PTR [rdx+rax*4]",
+           "vpaddd ymm3, ymm0, ymm1", "vpaddd ymm3, ymm0, YMMWORD PTR [rdx+rax*4]",
+           "vpor ymm3, ymm0, ymm1", "vpor ymm3, ymm0, YMMWORD PTR [rdx+rax*4]",
+           "vblendvps ymm3, ymm0, ymm1, ymm2",
+           "vblendvps ymm3, ymm0, YMMWORD PTR [rdx+rax*4], ymm2"]
+CMP_OPS = ([f"vcmpps ymm3, ymm0, ymm1, {p}" for p in range(32)]
+           + ["vcmpunordps ymm3, ymm0, ymm1", "vcmpps ymm3, ymm0, YMMWORD PTR [rdx+rax*4], 3",
+              "vcmpneq_oqps ymm3, ymm0, ymm1", "vcmpgeps ymm3, ymm0, ymm1"])
+LANE_AVX2 = HEADER + block_kernel("shifts", SHIFT_OPS) + block_kernel("intops", INT_OPS) \
+    + block_kernel("cmps", CMP_OPS)
+
+
+def model_cmp(a, b, p):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    un = np.isnan(a) | np.isnan(b)
+    base = [a == b, a < b, a <= b, un, ~(a == b), ~(a < b), ~(a <= b), ~un,
+            (a == b) | un, ~(a >= b), ~(a > b), np.zeros(a.shape, bool),
+            (a != b) & ~un, a >= b, a > b, np.ones(a.shape, bool)][p % 16]
+    return np.where(base, np.uint32(0xFFFFFFFF), np.uint32(0))
+
+
+def test_f16_avx2_text_is_supported():
+    prog = Program(F16_AVX2 + LANE_AVX2.replace(HEADER, ""))
+    assert {"vcvtph2ps", "vcvtps2ph", "vpmovzxwd", "vpsrad", "vblendvps", "vcmpunordps",
+            "vcmpps"} <= {i.mnemonic for i in prog.insns}
+
+
+def test_f16_upper_bits_zeroed(builddir):
+    out = np.full(16, 7, np.uint32)
+    if NATIVE_F16C:
+        both(F16_AVX2, "upper_f16", [out], builddir)
+    _, (out,) = sim_call(F16_AVX2, "upper_f16", [out])
+    # 8 all-ones floats are NaN 0xFFFFFFFF -> half 0xFFFF; the rest of ymm1 is zero
+    assert out[:4].tolist() == [0xFFFFFFFF] * 4 and not out[4:8].any()
+    assert out[8:12].tolist() == [0xFFFF] * 4 and not out[12:].any()
+    prog = sim_prog(F16_AVX2)
+    assert not prog.vreg(1, np.uint32)[4:].any() and not prog.vreg(2, np.uint32)[4:].any()
+
+
+@need_f16c
+def test_vcvtph2ps_every_half_native(builddir):
+    h = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    n = len(h)
+    out = np.zeros(3 * n, np.float32)
+    got = both(F16_AVX2, "h2f", [out, h, n], builddir)[0].view(np.uint32)
+    exp = model_h2f(h)
+    for i in range(3):
+        assert (got[i * n:(i + 1) * n] == exp).all(), i
+
+
+@need_f16c
+def test_vcvtps2ph_edges_native(builddir):
+    f = f2h_edges()
+    f = f[:len(f) // 8 * 8]
+    n = len(f)
+    assert n > 8000
+    out = np.zeros(3 * n, np.uint16)
+    got = both(F16_AVX2, "f2h", [out, f, n], builddir)[0]
+    exp = model_f2h(bits(f))
+    for i in range(3):
+        assert (got[i * n:(i + 1) * n] == exp).all(), i
+    # the sample has ties, overflow to inf, subnormal and NaN results
+    h = exp.view(np.float16)
+    assert np.isinf(h).sum() > 10 and np.isnan(h).sum() > 10
+    assert ((exp & 0x7C00) == 0).sum() > 100
+
+
+def test_vcvtps2ph_directed_rounding_is_refused():
+    for imm in (1, 2, 3, 9):
+        with pytest.raises(AsmError, match="imm8"):
+            Program(HEADER + f"f:  vcvtps2ph xmm1, ymm0, {imm}\n    ret\n")
+    Program(HEADER + "f:  vcvtps2ph xmm1, ymm0, 12\n    ret\n")   # MXCSR (default) rounding
+
+
+@need_avx2
+def test_vpmovzxwd_vpmovsxwd_native(builddir):
+    rng = np.random.default_rng(21)
+    h = np.concatenate([u32([0, 1, 0x7FFF, 0x8000, 0xFFFF, 0xFFFE, 0x1234, 0x8001]),
+                        rng.integers(0, 2**16, 1016)]).astype(np.uint16)
+    n = len(h)
+    out = np.zeros(4 * n, np.uint32)
+    got = both(F16_AVX2, "wd", [out, h, n], builddir)[0]
+    zx = h.astype(np.uint32)
+    sx = h.view(np.int16).astype(np.int32).view(np.uint32)
+    for i, e in enumerate([zx, zx, sx, zx]):
+        assert (got[i * n:(i + 1) * n] == e).all(), i
+
+
+def int_inputs(n=256, seed=3):
+    rng = np.random.default_rng(seed)
+    edge = u32([0, 1, 2, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0x80000001, 0x0000FFFF,
+                0xFFFF0000, 0x12345678, 0xDEADBEEF, 0x40000000, 0x7F800000, 0xFFC00000,
+                0x00000003, 0xFFFFFFFE])
+    a = np.concatenate([np.repeat(edge, len(edge)), rng.integers(0, 2**32, n, dtype=np.uint64)])
+    b = np.concatenate([np.tile(edge, len(edge)), rng.integers(0, 2**32, n, dtype=np.uint64)])
+    return a.astype(np.uint32), b.astype(np.uint32)
+
+
+def model_shift(kind, a, c):
+    if kind == "sra":
+        return (a.view(np.int32) >> min(c, 31)).view(np.uint32)
+    if c > 31:
+        return np.zeros(a.shape, np.uint32)
+    return (a << np.uint32(c)) if kind == "sll" else (a >> np.uint32(c))
+
+
+@need_avx2
+@pytest.mark.parametrize("count", [0, 5, 31, 32, 33, 2**32 + 1, 2**63])
+def test_dword_shifts_native(builddir, count):
+    a, _ = int_inputs()
+    n = len(a)
+    # the count operand is the low qword of xmm4 / m128; the high qword is ignored
+    d = np.array([count & 0xFFFFFFFF, count >> 32, 0xFFFFFFFF, 0xFFFFFFFF], np.uint32)
+    out = np.zeros(len(SHIFT_OPS) * n, np.uint32)
+    z = np.zeros(n, np.uint32)
+    got = both(LANE_AVX2, "shifts", [out, a, z, z, n, d], builddir)[0].reshape(-1, n)
+    exp = [model_shift(kind, a, c) for kind in ("sll", "srl", "sra") for c in SHIFT_COUNTS]
+    exp += [model_shift(kind, a, count) for kind in ("sll", "srl", "sra", "srl")]
+    for i, e in enumerate(exp):
+        assert (got[i] == e).all(), SHIFT_OPS[i]
+
+
+@need_avx2
+def test_vpand_vpaddd_vpor_vblendvps_native(builddir):
+    a, b = int_inputs()
+    rng = np.random.default_rng(4)
+    c = np.concatenate([u32([0x80000000, 0x7FFFFFFF, 0xFFC00000, 0x7FC00000, 0, 0xFFFFFFFF]),
+                        rng.integers(0, 2**32, len(a) - 6, dtype=np.uint64).astype(np.uint32)])
+    n = len(a)
+    out = np.zeros(len(INT_OPS) * n, np.uint32)
+    got = both(LANE_AVX2, "intops", [out, a, b, c, n, np.zeros(4, np.uint32)], builddir)[0]
+    got = got.reshape(-1, n)
+    blend = np.where(c >> 31 == 1, b, a)
+    exp = [a & b, a & b, a + b, a + b, a | b, a | b, blend, blend]
+    for i, e in enumerate(exp):
+        assert (got[i] == e).all(), INT_OPS[i]
+    assert (a + b < a).any()          # wrapping sums are in the sample
+
+
+@need_avx2
+def test_vcmpps_all_predicates_native(builddir):
+    rng = np.random.default_rng(8)
+    a = np.repeat(SPECIALS, len(SPECIALS))
+    b = np.tile(SPECIALS, len(SPECIALS))
+    r = rng.standard_normal(256).astype(np.float32)
+    a = np.concatenate([a, r, r, f32([0x00000001, 0x80000000, 0x7F800000, 0x7FC00000] * 2)])
+    b = np.concatenate([b, r[::-1], r, f32([0x00000002, 0x00000000, 0x7F800000, 0x7FC00000] * 2)])
+    n = len(a)
+    out = np.zeros(len(CMP_OPS) * n, np.uint32)
+    got = both(LANE_AVX2, "cmps", [out, a, b, np.zeros(n, np.float32), n,
+                                   np.zeros(4, np.uint32)], builddir)[0].reshape(-1, n)
+    for p in range(32):
+        assert (got[p] == model_cmp(a, b, p)).all(), p
+    for i, p in enumerate((3, 3, 12, 13)):
+        assert (got[32 + i] == model_cmp(a, b, p)).all(), CMP_OPS[32 + i]
+
+
+# --- AVX-512 forms: simulator against the models -----------------------------
+
+AVX512_LANES = HEADER + r"""
+# void ph2ps16(float *out48, const unsigned short *h16, unsigned mask)
+    .globl ph2ps16
+ph2ps16:
+    kmovw k1, edx
+    vcvtph2ps zmm0, YMMWORD PTR [rsi]
+    vmovups ZMMWORD PTR [rdi], zmm0
+    vcvtph2ps zmm1{k1}{z}, YMMWORD PTR [rsi]
+    vmovups ZMMWORD PTR [rdi+64], zmm1
+    vmovdqu ymm2, YMMWORD PTR [rsi]
+    vcvtph2ps zmm3, ymm2
+    vmovups ZMMWORD PTR [rdi+128], zmm3
+    vzeroupper
+    ret
+
+# void loads_tail(unsigned *out32, const unsigned short *h, unsigned mask)
+# masked loads only: h may be shorter than 16 words
+    .globl loads_tail
+loads_tail:
+    kmovw k1, edx
+    vcvtph2ps zmm0{k1}{z}, YMMWORD PTR [rsi]
+    vmovups ZMMWORD PTR [rdi], zmm0
+    vpmovzxwd zmm1{k1}{z}, YMMWORD PTR [rsi]
+    vmovdqu32 ZMMWORD PTR [rdi+64], zmm1
+    ret
+
+# void ps2ph16(unsigned short *out48, const float *f16, unsigned mask, unsigned short *dst)
+# out[0:16] store, out[16:32] ymm{k1}{z}, out[32:48] ymm{k1} merged into .Lw;
+# dst: masked store (unselected words untouched, dst may be short)
+    .globl ps2ph16
+ps2ph16:
+    kmovw k1, edx
+    vmovups zmm0, ZMMWORD PTR [rsi]
+    vcvtps2ph YMMWORD PTR [rdi], zmm0, 0
+    vcvtps2ph ymm1{k1}{z}, zmm0, 0
+    vmovdqu YMMWORD PTR [rdi+32], ymm1
+    vmovdqu ymm2, YMMWORD PTR .Lw[rip]
+    vcvtps2ph ymm2{k1}, zmm0, 0
+    vmovdqu YMMWORD PTR [rdi+64], ymm2
+    vcvtps2ph YMMWORD PTR [rcx]{k1}, zmm0, 0
+    vzeroupper
+    ret
+
+# void zxwd16(unsigned *out32, const unsigned short *h16, unsigned mask)
+    .globl zxwd16
+zxwd16:
+    kmovw k1, edx
+    vpmovzxwd zmm0, YMMWORD PTR [rsi]
+    vmovdqu32 ZMMWORD PTR [rdi], zmm0
+    vpmovzxwd zmm1{k1}{z}, YMMWORD PTR [rsi]
+    vmovdqu32 ZMMWORD PTR [rdi+64], zmm1
+    ret
+
+# void iops16(unsigned *out(12*16), const unsigned *a, const unsigned *b,
+#             const unsigned *s4, unsigned mask)
+    .globl iops16
+iops16:
+    kmovw k1, r8d
+    vmovdqu32 zmm0, ZMMWORD PTR [rsi]
+    vmovdqu32 zmm1, ZMMWORD PTR [rdx]
+    vpslld zmm2, zmm0, 16
+    vmovdqu32 ZMMWORD PTR [rdi], zmm2
+    vpsrld zmm2, zmm0, 13
+    vmovdqu32 ZMMWORD PTR [rdi+64], zmm2
+    vpslld zmm2, zmm0, 32
+    vmovdqu32 ZMMWORD PTR [rdi+128], zmm2
+    vmovdqa32 zmm2, zmm1
+    vpsrld zmm2{k1}{z}, zmm0, 7
+    vmovdqu32 ZMMWORD PTR [rdi+192], zmm2
+    vpandd zmm2, zmm0, DWORD PTR [rcx]{1to16}
+    vmovdqu32 ZMMWORD PTR [rdi+256], zmm2
+    vpandd zmm2, zmm0, zmm1
+    vmovdqu32 ZMMWORD PTR [rdi+320], zmm2
+    vpaddd zmm2, zmm0, zmm1
+    vmovdqu32 ZMMWORD PTR [rdi+384], zmm2
+    vpaddd zmm2, zmm0, DWORD PTR [rcx+4]{1to16}
+    vmovdqu32 ZMMWORD PTR [rdi+448], zmm2
+    vmovdqa32 zmm2, zmm1
+    vpord zmm2{k1}, zmm0, DWORD PTR [rcx+8]{1to16}
+    vmovdqu32 ZMMWORD PTR [rdi+512], zmm2
+    vpbroadcastd zmm2, DWORD PTR [rcx+12]
+    vmovdqu32 ZMMWORD PTR [rdi+576], zmm2
+    vpbroadcastd ymm2, DWORD PTR [rcx]
+    vmovdqu32 ZMMWORD PTR [rdi+640], zmm2
+    vpslld ymm2, ymm0, 3
+    vmovdqu32 ZMMWORD PTR [rdi+704], zmm2
+    vzeroupper
+    ret
+
+# void pord_bcst(unsigned *out16, const unsigned *a, const unsigned *s, unsigned mask)
+    .globl pord_bcst
+pord_bcst:
+    kmovw k1, ecx
+    vmovdqu32 zmm0, ZMMWORD PTR [rsi]
+    vmovdqa32 zmm1, zmm0
+    vpord zmm1{k1}, zmm0, DWORD PTR [rdx]{1to16}
+    vmovdqu32 ZMMWORD PTR [rdi], zmm1
+    ret
+
+# void pmovdw16(unsigned short *out(5*16), const unsigned *a, unsigned mask, unsigned short *dst)
+    .globl pmovdw16
+pmovdw16:
+    kmovw k1, edx
+    vmovdqu32 zmm0, ZMMWORD PTR [rsi]
+    vpmovdw YMMWORD PTR [rdi], zmm0
+    vpmovdw ymm1, zmm0
+    vmovdqu YMMWORD PTR [rdi+32], ymm1
+    vmovdqu ymm2, YMMWORD PTR .Lw[rip]
+    vpmovdw ymm2{k1}, zmm0
+    vmovdqu YMMWORD PTR [rdi+64], ymm2
+    vpmovdw ymm3{k1}{z}, zmm0
+    vmovdqu YMMWORD PTR [rdi+96], ymm3
+    vpcmpeqd ymm4, ymm4, ymm4
+    vpmovdw xmm4, ymm0
+    vmovdqu YMMWORD PTR [rdi+128], ymm4
+    vpmovdw YMMWORD PTR [rcx]{k1}, zmm0
+    vzeroupper
+    ret
+
+    .section .rodata
+    .p2align 5
+.Lw: .value 0xA000, 0xA001, 0xA002, 0xA003, 0xA004, 0xA005, 0xA006, 0xA007
+     .value 0xA008, 0xA009, 0xA00A, 0xA00B, 0xA00C, 0xA00D, 0xA00E, 0xA00F
+    .text
+"""
+
+
+def _cmp_kernel():
+    lines = ["    .globl cmp16", "cmp16:      # (unsigned short *k35, const float *a, const float *b, mask)",
+             "    kmovw k2, ecx", "    vmovups zmm0, ZMMWORD PTR [rsi]", "    vmovups zmm1, ZMMWORD PTR [rdx]"]
+    for p in range(32):
+        lines += [f"    vcmpps k1, zmm0, zmm1, {p}", f"    kmovw WORD PTR [rdi+{2 * p}], k1"]
+    lines += ["    vcmpps k1{k2}, zmm0, zmm1, 0", "    kmovw WORD PTR [rdi+64], k1",
+              "    vcmpps k1, zmm0, DWORD PTR [rdx]{1to16}, 4", "    kmovw WORD PTR [rdi+66], k1",
+              "    vcmpunordps k1, zmm0, zmm1", "    kmovw WORD PTR [rdi+68], k1",
+              "    vcmpps k3{k2}, zmm0, zmm1, 3", "    kmovw WORD PTR [rdi+70], k3",
+              "    vzeroupper", "    ret", ""]
+    return "\n".join(lines)
+
+
+AVX512_LANES += _cmp_kernel()
+
+AVX512_BF16 = HEADER + r"""
+# void dp16(float *out(5*16), const float *acc, const unsigned *a, const unsigned *b, unsigned mask)
+    .globl dp16
+dp16:
+    kmovw k1, r8d
+    vmovups zmm1, ZMMWORD PTR [rdx]
+    vmovups zmm2, ZMMWORD PTR [rcx]
+    vmovups zmm0, ZMMWORD PTR [rsi]
+    vdpbf16ps zmm0, zmm1, zmm2
+    vmovups ZMMWORD PTR [rdi], zmm0
+    vmovups zmm0, ZMMWORD PTR [rsi]
+    vdpbf16ps zmm0, zmm1, DWORD PTR [rcx]{1to16}
+    vmovups ZMMWORD PTR [rdi+64], zmm0
+    vmovups zmm0, ZMMWORD PTR [rsi]
+    vdpbf16ps zmm0, zmm1, ZMMWORD PTR [rcx]
+    vmovups ZMMWORD PTR [rdi+128], zmm0
+    vmovups zmm0, ZMMWORD PTR [rsi]
+    vdpbf16ps zmm0{k1}, zmm1, zmm2
+    vmovups ZMMWORD PTR [rdi+192], zmm0
+    vmovups zmm0, ZMMWORD PTR [rsi]
+    vdpbf16ps zmm0{k1}{z}, zmm1, zmm2
+    vmovups ZMMWORD PTR [rdi+256], zmm0
+    vzeroupper
+    ret
+
+# void dploop(float *out16, const unsigned *a, const unsigned *b, long k)
+# out = sum over k rows of 16 lanes (acc starts at zero, one vdpbf16ps per row)
+    .globl dploop
+dploop:
+    vpxord zmm0, zmm0, zmm0
+    test rcx, rcx
+    je .Ldpe
+.Ldp:
+    vmovups zmm1, ZMMWORD PTR [rsi]
+    vdpbf16ps zmm0, zmm1, ZMMWORD PTR [rdx]
+    add rsi, 64
+    add rdx, 64
+    dec rcx
+    jne .Ldp
+.Ldpe:
+    vmovups ZMMWORD PTR [rdi], zmm0
+    vzeroupper
+    ret
+"""
+
+
+def avx512_lanes(name, args, mem=None):
+    return sim_call(AVX512_LANES, name, args, mem)
+
+
+@need_tools
+def test_avx512_lane_texts_assemble(builddir):
+    for text in (AVX512_LANES, AVX512_BF16):
+        assert assemble(text, builddir, link=False).read_bytes()[:4] == b"\x7fELF"
+
+
+MASKS = [0x0000, 0xFFFF, 0xA5C3, 0x0001, 0x8000]
+
+
+@pytest.mark.parametrize("mask", MASKS)
+def test_avx512_vcvtph2ps(mask):
+    rng = np.random.default_rng(mask)
+    h = np.concatenate([np.array([0x0000, 0x8000, 0x0001, 0x83FF, 0x7C00, 0xFC00, 0x7C01,
+                                  0xFE12, 0x7BFF, 0x3C00], np.uint16),
+                        rng.integers(0, 2**16, 6).astype(np.uint16)])
+    out = np.full(48, 0xBAD, np.uint32)
+    _, (out, _, _) = avx512_lanes("ph2ps16", [out, h, mask])
+    e = model_h2f(h)
+    m = mask_bits(mask)
+    assert (out[:16] == e).all() and (out[32:] == e).all()
+    assert (out[16:32] == np.where(m, e, 0)).all()
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 15, 16])
+def test_avx512_masked_word_loads_do_not_touch_masked_words(n):
+    h = np.arange(0x3C00, 0x3C00 + n, dtype=np.uint16)       # exact size: a read past it faults
+    out = np.full(32, 0xBAD, np.uint32)
+    _, (out, _, _) = avx512_lanes("loads_tail", [out, h, (1 << n) - 1])
+    assert (out[:n] == model_h2f(h)).all() and not out[n:16].any()
+    assert (out[16:16 + n] == h).all() and not out[16 + n:].any()
+    if n < 16:
+        with pytest.raises(MemoryFault):
+            avx512_lanes("loads_tail", [out, h, (1 << (n + 1)) - 1])
+
+
+@pytest.mark.parametrize("mask", MASKS)
+def test_avx512_vcvtps2ph(mask):
+    f = f2h_edges()
+    m = mask_bits(mask)
+    iota = np.arange(0xA000, 0xA010, dtype=np.uint16)
+    for j in range(0, len(f), 16):
+        chunk = f[j:j + 16]
+        out = np.zeros(48, np.uint16)
+        dst = np.full(16, 0x5555, np.uint16)
+        _, (out, _, _, dst) = avx512_lanes("ps2ph16", [out, chunk, mask, dst])
+        e = model_f2h(bits(chunk))
+        assert (out[:16] == e).all(), j
+        assert (out[16:32] == np.where(m, e, 0)).all(), j
+        assert (out[32:48] == np.where(m, e, iota)).all(), j
+        assert (dst == np.where(m, e, 0x5555)).all(), j
+    # masked store into a short array: only selected words are accessed
+    short = np.zeros(3, np.uint16)
+    _, (_, _, _, short) = avx512_lanes("ps2ph16", [np.zeros(48, np.uint16), f[:16], 0x0005, short])
+    assert short.tolist() == [model_f2h(bits(f[:1]))[0], 0, model_f2h(bits(f[2:3]))[0]]
+    with pytest.raises(MemoryFault):
+        avx512_lanes("ps2ph16", [np.zeros(48, np.uint16), f[:16], 0x0008, np.zeros(3, np.uint16)])
+
+
+@pytest.mark.parametrize("mask", MASKS)
+def test_avx512_vpmovzxwd(mask):
+    h = np.array([0, 1, 0x7FFF, 0x8000, 0xFFFF, 0x1234, 0xFFFE, 0x00FF,
+                  9, 10, 11, 12, 0xF000, 14, 15, 16], np.uint16)
+    out = np.full(32, 0xBAD, np.uint32)
+    _, (out, _, _) = avx512_lanes("zxwd16", [out, h, mask])
+    assert (out[:16] == h.astype(np.uint32)).all()
+    assert (out[16:] == np.where(mask_bits(mask), h.astype(np.uint32), 0)).all()
+
+
+@pytest.mark.parametrize("mask", MASKS)
+def test_avx512_shifts_and_integer_ops(mask):
+    a, b = int_inputs(n=0, seed=mask)
+    s = u32([0x0F0F0F0F, 0x80000001, 0x00010000, 0xCAFEF00D])
+    m = mask_bits(mask)
+    for j in range(0, len(a), 16):
+        x, y = a[j:j + 16], b[j:j + 16]
+        out = np.zeros(12 * 16, np.uint32)
+        _, (out, _, _, _, _) = avx512_lanes("iops16", [out, x, y, s, mask])
+        out = out.reshape(12, 16)
+        exp = [x << np.uint32(16), x >> np.uint32(13), np.zeros(16, np.uint32),
+               np.where(m, x >> np.uint32(7), 0), x & s[0], x & y, x + y, x + s[1],
+               np.where(m, x | s[2], y), np.full(16, s[3]),
+               np.r_[np.full(8, s[0]), np.zeros(8, np.uint32)],
+               np.r_[x[:8] << np.uint32(3), np.zeros(8, np.uint32)]]
+        for i, e in enumerate(exp):
+            assert (out[i] == e).all(), (j, i)
+
+
+def test_avx512_masked_broadcast_does_not_read():
+    a = np.arange(16, dtype=np.uint32)
+    s = np.array([0xF0], np.uint32)
+    _, (out, _, _, _) = avx512_lanes("pord_bcst", [np.zeros(16, np.uint32), a, s, 0x00FF])
+    assert (out == np.where(np.arange(16) < 8, a | 0xF0, a)).all()
+    prog = sim_prog(AVX512_LANES)
+    mem = Memory()
+    pout = mem.map(np.zeros(16, np.uint32))
+    pa = mem.map(a.copy())
+    prog.call("pord_bcst", [pout, pa, 0x10, 0], memory=mem)    # address 0x10 is unmapped
+    assert (mem.read_elems(pout, 16, np.uint32) == a).all()
+    with pytest.raises(MemoryFault):
+        prog.call("pord_bcst", [pout, pa, 0x10, 0x0100], memory=mem)
+
+
+@pytest.mark.parametrize("mask", MASKS)
+def test_avx512_vpmovdw(mask):
+    a, _ = int_inputs(n=0, seed=1)
+    a = a[5 * 16:6 * 16]
+    m = mask_bits(mask)
+    out = np.zeros(80, np.uint16)
+    dst = np.full(16, 0x5555, np.uint16)
+    _, (out, _, _, dst) = avx512_lanes("pmovdw16", [out, a, mask, dst])
+    t = (a & 0xFFFF).astype(np.uint16)
+    iota = np.arange(0xA000, 0xA010, dtype=np.uint16)
+    assert (out[:16] == t).all() and (out[16:32] == t).all()
+    assert (out[32:48] == np.where(m, t, iota)).all()
+    assert (out[48:64] == np.where(m, t, 0)).all()
+    assert (out[64:72] == t[:8]).all() and not out[72:80].any()
+    assert (dst == np.where(m, t, 0x5555)).all()
+    short = np.zeros(2, np.uint16)                # exact size: words 2.. must not be written
+    _, (_, _, _, short) = avx512_lanes("pmovdw16", [out, a, 0x0003, short])
+    assert (short == t[:2]).all()
+    with pytest.raises(MemoryFault):
+        avx512_lanes("pmovdw16", [out, a, 0x0004, np.zeros(2, np.uint16)])
+
+
+@pytest.mark.parametrize("mask", [0xFFFF, 0xA5C3, 0x0000])
+def test_avx512_vcmpps_to_k(mask):
+    rng = np.random.default_rng(12)
+    r = rng.standard_normal(16).astype(np.float32)
+    r2 = r.copy()
+    r2[::3] = -r2[::3]
+    pairs = [(SPECIALS, np.roll(SPECIALS, k)) for k in range(16)] + [(r, r2), (r2, r)]
+    w = 1 << np.arange(16)
+
+    def kbits(c):
+        return int(((c != 0) * w).sum())
+    for x, y in pairs:
+        out = np.zeros(36, np.uint16)
+        _, (out, _, _, _) = avx512_lanes("cmp16", [out, x, y, mask])
+        kb = [kbits(model_cmp(x, y, p)) for p in range(32)]
+        assert out[:32].tolist() == kb
+        assert out[32] == kb[0] & mask and out[35] == kb[3] & mask
+        assert out[33] == kbits(model_cmp(x, np.full(16, y[0]), 4))       # {1to16}
+        assert out[34] == kb[3]                                              # vcmpunordps
+
+
+# --- vdpbf16ps ----------------------------------------------------------------
+
+def _daz(x):
+    x = np.float32(x)
+    if x != 0 and abs(x) < np.float32(2.0**-126):
+        return np.float32(-0.0) if np.signbit(x) else np.float32(0.0)
+    return x
+
+
+def _round24_unbounded(q):
+    """|q| rounded to 24 significant bits, nearest even, no exponent limits."""
+    q = abs(q)
+    e = q.numerator.bit_length() - q.denominator.bit_length()
+    if Fraction(2) ** e > q:
+        e -= 1
+    quantum = Fraction(2) ** (e - 23)
+    n = q / quantum
+    fl = n.numerator // n.denominator
+    rem = n - fl
+    if rem > Fraction(1, 2) or (rem == Fraction(1, 2) and fl % 2 == 1):
+        fl += 1
+    return fl * quantum
+
+
+def ref_fma_daz_ftz(a, b, c):
+    """Reference a*b+c: DAZ inputs, exact product and sum, one rounding to
+    nearest even, results tiny after rounding (unbounded exponent) flushed to
+    zero of their sign.  NaN priority a, b, c."""
+    a, b, c = _daz(a), _daz(b), _daz(c)
+    for x in (a, b, c):
+        if np.isnan(x):
+            return (np.array(x).view(np.uint32) | np.uint32(0x400000)).view(np.float32)
+    if (np.isinf(a) and b == 0) or (np.isinf(b) and a == 0):
+        return f32(0xFFC00000)
+    if np.isinf(a) or np.isinf(b):
+        pinf = np.sign(a) * np.sign(b)
+        if np.isinf(c) and np.sign(c) != pinf:
+            return f32(0xFFC00000)
+        return np.float32(pinf * np.inf)
+    if np.isinf(c):
+        return c
+    exact = Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))
+    if exact == 0:
+        p_neg = np.signbit(a) != np.signbit(b)
+        return np.float32(-0.0) if (p_neg and np.signbit(c)) else np.float32(0.0)
+    if _round24_unbounded(exact) < Fraction(2) ** -126:
+        return np.float32(-0.0) if exact < 0 else np.float32(0.0)
+    return f32_round(exact)
+
+
+def ref_dpbf16(acc, a, b):
+    """Per lane: acc += a.hi*b.hi, then acc += a.lo*b.lo (SDM order)."""
+    def hi(v):
+        return f32(np.uint32(int(v) & 0xFFFF0000))
+
+    def lo(v):
+        return f32(np.uint32((int(v) << 16) & 0xFFFFFFFF))
+    out = []
+    for c, x, y in zip(acc, a, b):
+        r = ref_fma_daz_ftz(hi(x), hi(y), c)
+        out.append(ref_fma_daz_ftz(lo(x), lo(y), r))
+    return np.array(out, np.float32)
+
+
+def bf(x):
+    """float -> bf16 bits (x must be representable)."""
+    u = int(bits(np.float32(x)))
+    assert u & 0xFFFF == 0, x
+    return u >> 16
+
+
+def pair(lo, hi):
+    return np.uint32(bf(hi) << 16 | bf(lo))
+
+
+def dpbf16_cases():
+    """(acc, a, b) float32 / uint32 lanes with the hard cases of the spec."""
+    A, B, C = [], [], []
+
+    def add(c, alo, ahi, blo, bhi):
+        C.append(np.float32(c))
+        A.append(pair(alo, ahi))
+        B.append(pair(blo, bhi))
+
+    t = 2.0**-24
+    add(1.0, 0.0, 2.0**-12, 0.0, 2.0**-12)             # 1 + 2^-24: tie -> 1
+    add(1.0, 2.0**-12, 2.0**-12, 2.0**-12, 2.0**-12)   # rounded after each product: 1, not 1+2^-23
+    add(1.0, 2.0**-12 * (1 + 2.0**-7), 2.0**-12, 2.0**-12, 2.0**-12)  # high pair first: 1+2^-23
+    add(1.0, 2.0**-12, 2.0**-12 * (1 + 2.0**-7), 2.0**-12, 2.0**-12)  # (other order): 1+2^-22
+    add(1.0, 0.0, 3 * 2.0**-13, 0.0, 2.0**-11)         # 1 + 3*2^-24 -> 1 + 2^-22
+    add(-1.0, t, 0.0, 1.0, 0.0)
+    add(f32(0x00000001), 0.0, 0.0, 0.0, 0.0)           # denormal acc -> +0
+    add(f32(0x80000005), -0.0, -0.0, 0.0, 0.0)         # DAZ -> -0; -0 + -0 = -0
+    add(f32(0x007FFFFF), 0.0, 1.0, 0.0, 1.0)           # DAZ acc, 0 + 1 = 1
+    add(0.0, 0.0, f32(0x00010000), 0.0, 2.0**100)      # denormal bf16 * 2^100 -> 0, not 2^-33
+    add(0.0, 0.0, 2.0**-70, 0.0, 2.0**-70)             # 2^-140: flushed
+    add(0.0, -0.0, -(2.0**-70), 0.0, 2.0**-70)         # -2^-140 -> -0, then -0 + -0
+    add(0.0, 0.0, -(2.0**-70), 0.0, 2.0**-70)          # -0 + +0 = +0
+    add(2.0**-126 + 2.0**-149, 0.0, -(1 + 2.0**-3) * 2.0**-75, 0.0, 2.0**-74)  # 2^-126 - 2^-152 -> 2^-126
+    add(2.0**-126 + 2.0**-149, 0.0, -(2.0**-74), 0.0, 2.0**-74)  # 2^-126 - 2^-149 exactly: tiny -> 0
+    add(-(2.0**-126) - 2.0**-149, -0.0, 2.0**-74, 0.0, 2.0**-74)  # -> -0 (+ -0)
+    add(2.0**-125, 0.0, -(2.0**-63), 0.0, 2.0**-63)    # 2^-126 exactly: normal, kept
+    add(3.4028235e38, 0.0, 2.0**52, 0.0, 2.0**51)      # max + 2^103: tie -> inf
+    add(3.4028235e38, 0.0, 2.0**52, 0.0, 2.0**50)      # max + 2^102: max
+    add(-3.4028235e38, 0.0, -(2.0**127), 0.0, 2.0)     # -> -inf
+    add(np.inf, 0.0, -np.inf, 0.0, 1.0)                # inf - inf: default NaN
+    add(1.0, 0.0, np.inf, 0.0, 0.0)                    # inf * 0: default NaN
+    add(1.0, np.inf, 0.0, 0.0, 0.0)                    # low pair inf*0
+    add(np.nan, 1.0, 1.0, 1.0, 1.0)
+    for alo, ahi, blo, bhi in [(f32(0x7FA00000), f32(0xFFC10000), f32(0x7F810000), f32(0xFFE00000)),
+                               (1.0, f32(0xFFC10000), f32(0x7F810000), f32(0xFFE00000)),
+                               (1.0, f32(0xFFC10000), 1.0, f32(0xFFE00000)),
+                               (1.0, 1.0, 1.0, f32(0xFFE00000)),
+                               (np.inf, 1.0, 0.0, f32(0xFFE00000))]:
+        add(f32(0x7F900000), alo, ahi, blo, bhi)
+        add(2.0, alo, ahi, blo, bhi)
+    rng = np.random.default_rng(77)
+    n = len(C)
+    # every bit pattern (NaN, inf, denormal bf16 and accumulators)
+    C += list(f32(rng.integers(0, 2**32, 400, dtype=np.uint64).astype(np.uint32)))
+    A += list(rng.integers(0, 2**32, 400, dtype=np.uint64).astype(np.uint32))
+    B += list(rng.integers(0, 2**32, 400, dtype=np.uint64).astype(np.uint32))
+    # moderate values with cancellation: acc = -(hi product) + small
+    for _ in range(400):
+        v = rng.standard_normal(4).astype(np.float32)
+        x = (bits(v) & np.uint32(0xFFFF0000)).view(np.float32)
+        p = np.float32(np.float64(x[1]) * x[3])
+        c = f32(bits(-p).astype(np.int64) + int(rng.integers(-40, 41))) if p != 0 else p
+        add(c, x[0], x[1], x[2], x[3])
+    # small magnitudes around the flush threshold
+    for _ in range(400):
+        e = rng.integers(-70, -56, 4)
+        v = (rng.uniform(1, 2, 4) * 2.0**e * rng.choice([-1, 1], 4)).astype(np.float32)
+        x = (bits(v) & np.uint32(0xFFFF0000)).view(np.float32)
+        c = np.float32(rng.uniform(-2, 2) * 2.0 ** int(rng.integers(-130, -122)))
+        add(c, x[0], x[1], x[2], x[3])
+    assert len(C) > n
+    pad = (-len(C)) % 16
+    for _ in range(pad):
+        add(0.0, 0.0, 0.0, 0.0, 0.0)
+    return (np.array(C, np.float32), np.array(A, np.uint32), np.array(B, np.uint32))
+
+
+def test_dpbf16_reference_on_hand_checked_cases():
+    C, A, B = dpbf16_cases()
+    r = ref_dpbf16(C[:20], A[:20], B[:20])
+    one = np.float32(1.0)
+    assert r[0] == one and r[1] == one
+    assert r[2] == np.float32(1 + 2.0**-23) and r[3] == np.float32(1 + 2.0**-22)
+    assert r[4] == np.float32(1 + 2.0**-22)
+    assert bits(r[6]) == 0 and bits(r[7]) == 0x80000000 and r[8] == one and bits(r[9]) == 0
+    assert bits(r[10]) == 0 and bits(r[11]) == 0x80000000 and bits(r[12]) == 0
+    assert r[13] == np.float32(2.0**-126) and bits(r[14]) == 0 and bits(r[15]) == 0x80000000
+    assert r[16] == np.float32(2.0**-126)
+    assert np.isposinf(r[17]) and r[18] == np.float32(3.4028235e38) and np.isneginf(r[19])
+
+
+def test_avx512_vdpbf16ps_against_reference():
+    C, A, B = dpbf16_cases()
+    exp = ref_dpbf16(C, A, B)
+    got = np.zeros_like(C)
+    for j in range(0, len(C), 16):
+        out = np.zeros(5 * 16, np.float32)
+        mask = 0xA5C3
+        _, (out, *_) = sim_call(AVX512_BF16, "dp16", [out, C[j:j + 16], A[j:j + 16], B[j:j + 16], mask])
+        out = out.reshape(5, 16)
+        e = exp[j:j + 16]
+        got[j:j + 16] = out[0]
+        assert (bits(out[2]) == bits(out[0])).all()
+        m = mask_bits(mask)
+        assert (bits(out[3]) == np.where(m, bits(e), bits(C[j:j + 16]))).all()
+        assert (bits(out[4]) == np.where(m, bits(e), 0)).all()
+        eb = ref_dpbf16(C[j:j + 16], A[j:j + 16], np.full(16, B[j]))
+        assert (bits(out[1]) == bits(eb)).all(), j
+    bad = np.flatnonzero(bits(got) != bits(exp))
+    assert bad.size == 0, [(j, hex(bits(C[j])), hex(A[j]), hex(B[j]), hex(bits(got[j])),
+                            hex(bits(exp[j]))) for j in bad[:5]]
+    # the sample exercises what distinguishes the semantics
+    assert np.isnan(exp).sum() > 20 and np.isinf(exp).sum() > 3
+    assert ((bits(exp) & 0x7FFFFFFF) == 0).sum() > 40
+
+
+def test_avx512_vdpbf16ps_dot_product_loop():
+    rng = np.random.default_rng(5)
+    k = 24
+    a = (bits(rng.standard_normal(16 * k).astype(np.float32)) >> 16).astype(np.uint32)
+    b = (bits(rng.standard_normal(16 * k).astype(np.float32)) >> 16).astype(np.uint32)
+    a = a.reshape(k, 16) | ((a.reshape(k, 16)[::-1] ^ 0x8000) << 16)
+    b = b.reshape(k, 16) | (b.reshape(k, 16)[:, ::-1] << 16)
+    _, (out, _, _, _) = sim_call(AVX512_BF16, "dploop", [np.zeros(16, np.float32), a, b, k])
+    acc = np.zeros(16, np.float32)
+    for i in range(k):
+        acc = ref_dpbf16(acc, a[i], b[i])
+    assert (bits(out) == bits(acc)).all()
+    hi = [f32(x & np.uint32(0xFFFF0000)).astype(np.float64) for x in (a, b)]
+    lo = [f32(x << np.uint32(16)).astype(np.float64) for x in (a, b)]
+    exact = (hi[0] * hi[1] + lo[0] * lo[1]).sum(axis=0)
+    assert np.allclose(out, exact, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not NATIVE_AVX512, reason="CPU lacks AVX-512F")
+def test_avx512_lane_ops_native_crosscheck(builddir):
+    rng = np.random.default_rng(1)
+    f = f2h_edges()
+    for mask in (0, 0xA5C3, 0xFFFF):
+        h = rng.integers(0, 2**16, 16).astype(np.uint16)
+        both(AVX512_LANES, "ph2ps16", [np.zeros(48, np.float32), h, mask], builddir)
+        both(AVX512_LANES, "zxwd16", [np.zeros(32, np.uint32), h, mask], builddir)
+        for j in range(0, 512, 16):
+            both(AVX512_LANES, "ps2ph16", [np.zeros(48, np.uint16), f[j:j + 16], mask,
+                                           np.zeros(16, np.uint16)], builddir)
+        a, b = int_inputs(n=0, seed=mask)
+        s = u32([0x0F0F0F0F, 0x80000001, 0x00010000, 0xCAFEF00D])
+        both(AVX512_LANES, "iops16", [np.zeros(192, np.uint32), a[:16], b[:16], s, mask], builddir)
+        both(AVX512_LANES, "pmovdw16", [np.zeros(80, np.uint16), a[16:32], mask,
+                                        np.zeros(16, np.uint16)], builddir)
+        both(AVX512_LANES, "cmp16", [np.zeros(36, np.uint16), SPECIALS, SPECIALS[::-1], mask], builddir)
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason="CPU lacks AVX512_BF16")
+def test_avx512_vdpbf16ps_native_crosscheck(builddir):
+    C, A, B = dpbf16_cases()
+    for j in range(0, len(C), 16):
+        both(AVX512_BF16, "dp16", [np.zeros(80, np.float32), C[j:j + 16], A[j:j + 16],
+                                   B[j:j + 16], 0xA5C3], builddir)
+
+
+def test_half_and_word_forms_reject_bad_operands():
+    bad = ["vcvtph2ps zmm0, xmm1",                       # 16 halves need a ymm
+           "vcvtph2ps zmm0, XMMWORD PTR [rdi]",
+           "vcvtps2ph zmm1, zmm0, 0",                    # 16 halves fill a ymm
+           "vcvtps2ph YMMWORD PTR [rdi]{k1}{z}, zmm0, 0",  # no zero-masking on stores
+           "vcvtps2ph xmm1, ymm0, xmm2",
+           "vpmovzxwd ymm0, YMMWORD PTR [rdi]",
+           "vpmovdw xmm0, zmm1",
+           "vpmovdw YMMWORD PTR [rdi], DWORD PTR [rsi]",
+           "vpslld ymm0, ymm1, ymm2",                   # count: imm8, xmm or m128
+           "vcmpps ymm0{k1}, ymm1, ymm2, 3",
+           "vblendvps ymm0, ymm1, ymm2, YMMWORD PTR [rdi]",
+           "vdpbf16ps zmm0, ZMMWORD PTR [rdi], zmm1"]
+    for line in bad:
+        with pytest.raises(AsmError):
+            Program(HEADER + f"f:  {line}\n    ret\n")
+    ok = Program(HEADER + "f:  vcvtph2ps zmm0, ymm1\n    vpmovdw xmm0, ymm1\n    ret\n")
+    assert [i.mnemonic for i in ok.insns] == ["vcvtph2ps", "vpmovdw", "ret"]
+
+
+PACK_AVX2 = HEADER + r"""
+    .globl packperm
+packperm:                   # (out[24] dwords, a[8], b[8]): packusdw a,b ; permq 0x08 ; permq 0x1b
+    vmovdqu ymm0, YMMWORD PTR [rsi]
+    vmovdqu ymm1, YMMWORD PTR [rdx]
+    vpackusdw ymm2, ymm0, ymm1
+    vmovdqu YMMWORD PTR [rdi], ymm2
+    vpermq ymm3, ymm2, 8
+    vmovdqu YMMWORD PTR [rdi+32], ymm3
+    vpermq ymm4, YMMWORD PTR [rsi], 0x1b
+    vmovdqu YMMWORD PTR [rdi+64], ymm4
+    vzeroupper
+    ret
+"""
+
+
+def _model_packperm(a, b):
+    sat = [np.clip(x.view(np.int32), 0, 0xFFFF).astype(np.uint16) for x in (a, b)]
+    packed = np.concatenate([sat[0][:4], sat[1][:4], sat[0][4:], sat[1][4:]]).view(np.uint32)
+    q = packed.view(np.uint64)
+    perm8 = q[[0, 2, 0, 0]].view(np.uint32)
+    perm1b = a.view(np.uint64)[[3, 2, 1, 0]].view(np.uint32)
+    return np.concatenate([packed, perm8, perm1b])
+
+
+@need_avx2
+def test_vpackusdw_saturates_and_vpermq_selects_native(builddir):
+    """The AVX2 bfloat16 store's packing (vpackusdw per 128-bit lane with unsigned saturation,
+    then vpermq): simulator, numpy model and the CPU agree, negatives and > 0xFFFF included."""
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        a = rng.integers(-(1 << 31), 1 << 31, 8, dtype=np.int64).astype(np.int32).view(np.uint32)
+        b = rng.integers(-70000, 70000, 8).astype(np.int32).view(np.uint32)
+        a[:3] = np.array([0, 0xFFFF, 0x10000], np.uint32)
+        out = np.zeros(24, np.uint32)
+        sim = both(PACK_AVX2, "packperm", [out, a, b], builddir)[0]
+        assert np.array_equal(sim, _model_packperm(a, b))

@@ -330,3 +330,52 @@ def test_cli_tune_target_cpu(store_dir, monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(tcpu, "CpuTimer", None)
     assert main(argv) == 0
     assert "reused (no timing)" in capsys.readouterr().err
+
+
+@pytest.mark.avx2
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_kernels_tune_natively_in_their_dtype(store_dir, monkeypatch, capsys, tmp_path, dtype):
+    """The CPU tuner in half precision: candidates run on operands of the dtype and pass the
+    mode's bound (the float32 tolerance would refuse every correct bfloat16 candidate), a wrong
+    one is refused, the record is apart from the float32 one, and the CLI tunes it."""
+    monkeypatch.setattr(tcpu, "REPEATS", 2)
+    monkeypatch.setattr(tcpu, "BURST_S", 1e-4)
+    monkeypatch.setattr(tcpu, "ROUNDS", 2)
+    a = random_csr(30, 21, 0.3, seed=5)
+    opts = KernelOptions(n=37, target="cpu", arch="avx2", relu=True, dtype=dtype)
+    seen = []
+
+    def compile_fn(w, options, bias):
+        kernel = sparsert.compile(w, options=options, bias=bias)
+        seen.append(kernel.schedule.dtype)
+        return kernel
+
+    best = tcpu.tuned_cpu_options(a, opts, threads=1, compile_fn=compile_fn, budget=4)
+    assert best.dtype == dtype and set(seen) == {dtype}
+    key = tcpu.cpu_tune_key(load_weight(a).digest(), opts, bias=False, threads=1)
+    entry = json.loads(tcpu.tune_path(key).read_text())
+    errs = [t["max_rel_err"] for t in entry["trials"]]
+    assert all(t["status"] == "ok" for t in entry["trials"]) and max(errs) > 0  # it really rounded
+    if dtype == "bfloat16":
+        assert max(errs) > 1e-4  # beyond float32's tolerance, within the bfloat16 bound
+    assert key != tcpu.cpu_tune_key(load_weight(a).digest(), KernelOptions(n=37, target="cpu", arch="avx2",
+                                                                          relu=True), bias=False, threads=1)
+    # a half kernel off by one ulp of the dtype in one output is accepted; one off by 1.0 is not
+    ref = Reference.build(load_weight(a), opts, None)
+    good = sparsert.compile(a, options=best)
+    assert tcpu.verify_native(good, ref, 1) <= ref.tolerance(groups=1)
+
+    class Wrong:
+        def __call__(self, B, *, out=None, residual=None, threads=None):
+            c = good(B, residual=residual, threads=threads)
+            c.view(np.uint16)[0, 0] ^= 0x4000  # a gross error in one output
+            return c
+
+    assert tcpu.verify_native(Wrong(), ref, 1) > ref.tolerance(groups=1)
+    from sparsert.cli import main
+
+    path = tmp_path / "w.npz"
+    sp.save_npz(path, a)
+    assert main(["tune", str(path), "--n", "37", "--target", "cpu", "--arch", "avx2", "--threads", "1",
+                 "--budget", "3", "--relu", "--dtype", dtype]) == 0
+    assert capsys.readouterr().out.startswith("best: --rows-per-block ")

@@ -17,12 +17,13 @@ from hypothesis import strategies as st
 
 import sparsert
 from sparsert import tune
-from sparsert.errors import ToolchainError
-from sparsert.runtime.cache import CacheStore
-from sparsert.options import KernelOptions
 from sparsert.backends.cuda.limits import SHARED_MEMORY_BYTES
 from sparsert.backends.cuda.params import choose_parameters, choose_prefetch
+from sparsert.errors import ToolchainError
 from sparsert.frontend.weights import load_weight
+from sparsert.options import KernelOptions
+from sparsert.runtime.cache import CacheStore
+
 
 def _tuned(*args, **kwargs):
     """tune.tuned_options with the compiler passed in (required: the tuner does not import the API)."""

@@ -27,7 +27,7 @@ from ...version import __version__
 from ..base import package_digest
 from ..source.render import kernel_base_name
 from .emit import emit_parts, group_blocks, parts_for
-from .isa import detect_isa, runnable, supported
+from .isa import detect_isa, has_avx512_bf16, runnable, supported
 from .lower import lower
 from .params import emit_config, parameters_for
 
@@ -52,12 +52,18 @@ class CpuBackend:
         return parameters_for(opts.arch or detect_isa())(m, k, nnz, opts, batch=batch)
 
     def supports(self, opts: KernelOptions, conv) -> str | None:
-        if getattr(opts, "dtype", "float32") != "float32":
-            return f"dtype={opts.dtype!r} (the CPU target computes float32)"
+        if opts.accumulate == "float16":
+            return ("accumulate='float16': the CPU target has no packed float16 arithmetic; it takes float16 "
+                    "activations with float32 arithmetic (accumulate='float32')")
+        if opts.packed and (opts.arch or detect_isa()) != "avx512":
+            return (f"accumulate='bfloat16': vdpbf16ps kernels are AVX512-BF16 code and need arch='avx512' "
+                    f"(this CPU: {'has' if has_avx512_bf16() else 'has no'} AVX512-BF16); "
+                    f"accumulate='float32' runs bfloat16 activations on any CPU")
         return None
 
     def _config(self, schedule: Schedule, arch: str):
-        return emit_config(arch, schedule.rows_per_block, schedule.vec, schedule.n, schedule.bcast)
+        return emit_config(arch, schedule.rows_per_block, schedule.vec, schedule.n, schedule.bcast, schedule.dtype,
+                           schedule.packed)
 
     def units(self, schedule: Schedule, arch: str) -> tuple[Unit, ...]:
         # built from the schedule itself (like the PTX backend): the assembly renders on demand

@@ -58,7 +58,7 @@ def emit_parts(low: Lowered, cfg: EmitConfig, parts: int = 1):
     for p, (a, z) in enumerate(zip(cuts[:-1], cuts[1:])):
         functions = [{"index": f, "segments": [emit_block(i, low.blocks[i], low, cfg) for i in groups[f]]}
                      for f in range(a, z)]
-        yield tpl.render(functions=functions, W=cfg.width, tile_bytes=4 * tile_floats(low.k, cfg.width),
+        yield tpl.render(functions=functions, W=cfg.width, E=cfg.esize, tile_bytes=4 * tile_floats(low.panel_rows, cfg.width),
                          constants=const, table=table if p == len(cuts) - 2 else None)
 
 

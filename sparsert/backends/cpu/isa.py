@@ -55,3 +55,9 @@ def detect_isa(isa: str | None = None, *, flags: frozenset[str] | None = None) -
 
 def runnable(isa: str, flags: frozenset[str] | None = None) -> bool:
     return isa in supported(flags)
+
+
+def has_avx512_bf16(flags: frozenset[str] | None = None) -> bool:
+    """vdpbf16ps on zmm (accumulate='bfloat16' kernels): AVX512-BF16 on top of AVX-512F."""
+    flags = cpu_flags() if flags is None else flags
+    return runnable("avx512", flags) and "avx512_bf16" in flags

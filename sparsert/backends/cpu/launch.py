@@ -11,7 +11,7 @@ import threading
 import numpy as np
 
 from ...errors import InputError, ToolchainError
-from .isa import runnable
+from .isa import cpu_flags, has_avx512_bf16, runnable
 from .runtime import Job, run, threads_for
 from .x86 import tile_floats
 
@@ -31,15 +31,24 @@ def _torch_module(x):
     return None
 
 
-def _address(x, what: str, shape: tuple[int, ...], *, writable: bool = False):
-    """(address, keep-alive) of a C-contiguous float32 CPU array or tensor of exactly `shape`."""
+# Element type codes of the runtime (sprt_job.elem), and the NumPy dtypes taken for each: numpy
+# has no bfloat16, so bfloat16 comes as its uint16 bits (as run_host takes it) or as an
+# ml_dtypes.bfloat16 array (recognised by name; ml_dtypes is not needed otherwise).
+ELEM = {"float32": 0, "float16": 1, "bfloat16": 2}
+_NUMPY = {"float32": ("float32",), "float16": ("float16",), "bfloat16": ("uint16", "bfloat16")}
+_NUMPY_SAID = {"float32": "float32", "float16": "float16",
+               "bfloat16": "uint16 (bfloat16 bits) or ml_dtypes.bfloat16"}
+
+
+def _address(x, what: str, shape: tuple[int, ...], dtype: str = "float32", *, writable: bool = False):
+    """(address, keep-alive) of a C-contiguous CPU array or tensor of `dtype` and exactly `shape`."""
     torch = _torch_module(x)
     if torch is not None and isinstance(x, torch.Tensor):
         if x.device.type != "cpu":
             raise InputError(f"{what}: a {x.device.type.upper()} tensor; this kernel runs on the CPU "
                              f"(target='cpu'): pass a CPU tensor")
-        if x.dtype != torch.float32:
-            raise InputError(f"{what}: dtype {x.dtype}; expected torch.float32")
+        if x.dtype != getattr(torch, dtype):
+            raise InputError(f"{what}: dtype {x.dtype}; expected torch.{dtype} (the kernel's dtype)")
         if x.requires_grad and torch.is_grad_enabled():
             raise InputError(f"{what}: requires grad; sparsert kernels are inference-only "
                              f"(use torch.no_grad() or .detach())")
@@ -50,8 +59,8 @@ def _address(x, what: str, shape: tuple[int, ...], *, writable: bool = False):
         return x.data_ptr(), x
     if not isinstance(x, np.ndarray):
         raise InputError(f"{what}: {type(x).__name__}; expected a NumPy array or a CPU torch tensor")
-    if x.dtype != np.float32:
-        raise InputError(f"{what}: dtype {x.dtype}; expected float32")
+    if x.dtype.name not in _NUMPY[dtype]:
+        raise InputError(f"{what}: dtype {x.dtype}; expected {_NUMPY_SAID[dtype]} (the kernel's dtype)")
     if x.shape != shape:
         raise InputError(f"{what}: shape {x.shape}; expected {shape}")
     if not x.flags.c_contiguous:
@@ -110,9 +119,15 @@ class CpuLauncher:
         s = kernel.schedule
         self.schedule = s
         self.isa = kernel.arch
+        if s.packed and not has_avx512_bf16():
+            raise ToolchainError("this kernel multiplies with vdpbf16ps (accumulate='bfloat16'), which needs "
+                                 "AVX512-BF16; this CPU lacks it: compile with accumulate='float32'")
         if not runnable(self.isa):
             raise ToolchainError(f"this kernel was compiled for {self.isa}, which this CPU does not run; "
                                  f"compile it with arch='avx2' (or SPARSERT_CPU_ISA=avx2)")
+        if s.dtype == "float16" and "f16c" not in cpu_flags():
+            raise ToolchainError("dtype='float16' on the CPU needs F16C conversions, which this CPU lacks; "
+                                 "use float32 or bfloat16")
         (artifact,) = kernel.artifacts
         self.v = s.vec
         self.lib = _Loaded(_library_path(artifact), self.v, s.residual)
@@ -145,6 +160,8 @@ class CpuLauncher:
             job.chunk = self.chunk_for(threads, batch)
             job.width, job.tile = self.width, self.tile
             job.batch, job.stride_b, job.stride_c = batch, s.batch_stride_b, s.batch_stride_c
+            job.elem = ELEM[s.dtype]
+            job.pairs = int(s.packed)
             g = s.conv
             if g is not None:  # the runtime gathers the virtual im2col per chunk
                 job.gather, job.c_in, job.h, job.w, job.kh, job.kw = 1, g.c_in, g.h, g.w, g.kh, g.kw
@@ -156,17 +173,17 @@ class CpuLauncher:
     def __call__(self, B, b_shape, c_shape, *, out=None, residual=None, threads: int | None = None):
         s = self.schedule
         threads = threads_for(threads)
-        b_addr, b_keep = _address(B, "B" if len(b_shape) == 2 else "x", b_shape)
+        b_addr, b_keep = _address(B, "B" if len(b_shape) == 2 else "x", b_shape, s.dtype)
         if s.residual and residual is None:
             raise InputError("residual: this kernel was compiled with residual=True; pass residual=")
         if not s.residual and residual is not None:
             raise InputError("residual: this kernel was compiled without residual; recompile with residual=True")
-        r_addr, r_keep = (None, None) if residual is None else _address(residual, "residual", c_shape)
-        if out is None:
+        r_addr, r_keep = (None, None) if residual is None else _address(residual, "residual", c_shape, s.dtype)
+        if out is None:  # the kind of B: a tensor for a tensor; for NumPy, B's own dtype
             torch = _torch_module(B)
-            out = (torch.empty(c_shape, dtype=torch.float32) if torch is not None
-                   else np.empty(c_shape, dtype=np.float32))
-        c_addr, _ = _address(out, "out", c_shape, writable=True)
+            out = (torch.empty(c_shape, dtype=getattr(torch, s.dtype)) if torch is not None
+                   else np.empty(c_shape, dtype=B.dtype))
+        c_addr, _ = _address(out, "out", c_shape, s.dtype, writable=True)
         if _overlap(out, B) or (residual is not None and _overlap(out, residual)):
             raise InputError("out: overlaps the input or the residual, which are read while out is written; "
                              "pass a separate buffer")

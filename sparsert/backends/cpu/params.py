@@ -22,13 +22,13 @@ DEFAULT_BCAST = "embedded"  # AVX-512 (AVX2 always broadcasts into a register)
 
 
 def emit_config(isa: str, opts_rows: int | None, opts_vec: int | None, n: int,
-                bcast: str | None = None) -> EmitConfig:
+                bcast: str | None = None, dtype: str = "float32", pairs: bool = False) -> EmitConfig:
     if bcast is not None and isa != "avx512":
         raise OptionsError(f"bcast={bcast!r}: an AVX-512 choice; this kernel is {isa} code")
     v = opts_vec or DEFAULT_V
     bcast = bcast or DEFAULT_BCAST
     rows = opts_rows or max_rows(isa, v, bcast)
-    cfg = EmitConfig(isa=isa, v=v, rows=rows, bcast=bcast, group_fmas=GROUP_FMAS, ldc=n)
+    cfg = EmitConfig(isa=isa, v=v, rows=rows, bcast=bcast, group_fmas=GROUP_FMAS, ldc=n, dtype=dtype, pairs=pairs)
     cfg.check()
     return cfg
 
@@ -43,7 +43,7 @@ def parameters_for(isa: str):
             if value not in (None, 1):
                 raise OptionsError(f"{name}={value}: a GPU schedule option; the CPU target plans register "
                                    f"blocks (rows_per_block = rows, vec = vectors of N)")
-        cfg = emit_config(isa, opts.rows_per_block, opts.vec, opts.n, opts.bcast)
+        cfg = emit_config(isa, opts.rows_per_block, opts.vec, opts.n, opts.bcast, opts.dtype, opts.packed)
         if opts.chunk is not None and opts.chunk % cfg.width:
             raise OptionsError(f"chunk={opts.chunk}: columns of N per work item must be a multiple of "
                                f"the tile width {cfg.width} (vec={cfg.v} x {cfg.lanes} lanes)")

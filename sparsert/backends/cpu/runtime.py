@@ -31,7 +31,7 @@ class Job(ctypes.Structure):  # mirrors sprt_job in templates/cpu/runtime.c
         (n, ctypes.c_long) for n in ("nblocks", "k", "n", "chunk", "width", "tile")] + [
         ("B", ctypes.c_void_p), ("C", ctypes.c_void_p), ("R", ctypes.c_void_p)] + [
         (n, ctypes.c_long) for n in ("batch", "stride_b", "stride_c", "gather", "c_in", "h", "w",
-                                     "kh", "kw", "sy", "sx", "py", "px", "dy", "dx", "ow")]
+                                     "kh", "kw", "sy", "sx", "py", "px", "dy", "dx", "ow", "elem", "pairs")]
 
 
 _lock = threading.Lock()
@@ -57,6 +57,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))  # calls release the GIL
     lib.sprt_run.argtypes = [ctypes.POINTER(Job), ctypes.c_int]
     lib.sprt_run.restype = ctypes.c_int
+    lib.sprt_pack.argtypes = [ctypes.POINTER(Job), ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_void_p]
+    lib.sprt_pack.restype = None
     return lib
 
 
