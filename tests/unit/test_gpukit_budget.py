@@ -55,8 +55,9 @@ def test_benchmarks_stop_before_their_stage_is_killed():
 
 def test_every_benchmark_stage_fills_the_kit_cache():
     for s in st.STAGES:
-        if s.name in ("pytest_gpu", "ncu", "resnet50"):  # tests compile their own; ncu reuses spmm_x1's
-            continue  # kernels; ResNet-50 compiles there (its weights depend on the torch version)
+        if s.name in ("pytest_gpu", "ncu", "resnet50", "spmm_half"):  # tests compile their own; ncu
+            continue  # reuses spmm_x1's kernels; ResNet-50 (its weights depend on the torch version)
+            # and the half kernels (the kit's 64 MiB carry) compile there
         assert s.compile and all("--compile-only" in c for c in s.compile), s.name
         run_args = {a for c in s.run for a in c}
         for c in s.compile:
