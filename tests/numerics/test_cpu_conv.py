@@ -80,6 +80,7 @@ def test_conv_other_tile_widths(vec, rows, monkeypatch):
     if vec == 1:
         monkeypatch.setattr(launch, "MIN_TILES", 1)
         monkeypatch.setattr(launch, "PANEL_BYTES", 16 * 4 * 27)  # 16 columns of K = 27 rows
+        monkeypatch.setattr(launch, "WHOLE_PANEL_BYTES", 0)  # (not the whole image at once)
     rng = np.random.default_rng(7)
     ci, co, h, w = 3, 10, 9, 13
     wt = (rng.standard_normal((co, ci, 3, 3)) * (rng.random((co, ci, 3, 3)) < 0.5)).astype(np.float32)

@@ -54,3 +54,27 @@ def test_avx512_register_broadcast_in_the_simulator(vec, n):
     C = simulate(asm, B, 40, width=cfg.width, tile=tile_floats(33, cfg.width), R=R,
                  functions=len(group_blocks(low, cfg)), chunk=16 * vec)
     check(a, B, C, bias=bias, R=R, relu=True)
+
+
+@pytest.mark.avx2
+def test_the_launcher_packs_whole_shares_up_to_the_budget(monkeypatch):
+    """The default chunk: each thread's whole share of N while its panel fits WHOLE_PANEL_BYTES
+    (B then read in whole rows), L2-sized chunks above; every choice computes the same bits."""
+    from sparsert.backends.cpu import launch
+
+    a = random_csr(50, 64, 0.2, seed=4)
+    n = 203
+    kernel = sparsert.compile(a, options=sparsert.KernelOptions(n=n, target="cpu", arch="avx2"))
+    B = np.random.default_rng(1).standard_normal((64, n)).astype(np.float32)
+    want = kernel(B, threads=1)
+    lau = kernel._launcher
+    assert lau.chunk_for(1, 1) == 208  # all 26 tiles at once
+    assert lau.chunk_for(2, 1) <= 104 and lau.chunk_for(2, 1) % 8 == 0  # at most a thread's share
+    monkeypatch.setattr(launch, "WHOLE_PANEL_BYTES", 4 * 64 * 100)  # below one thread's share
+    monkeypatch.setattr(launch, "PANEL_BYTES", 4 * 64 * 64)  # an "L2" of 64 columns of K = 64
+    assert lau.chunk_for(1, 1) == 128  # the L2 rule: 16 tiles at least
+    for threads in (1, 2, 3):
+        lau.jobs.clear()
+        got = kernel(B, threads=threads)
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+        assert lau.jobs[(threads, 1)].chunk == lau.chunk_for(threads, 1)
