@@ -14,6 +14,8 @@ UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 """u of each format (round to nearest: half the gap above 1)."""
 HALF_TINY = {"float16": 2.0**-25, "bfloat16": 2.0**-134}
 """Half the smallest subnormal: the absolute error of one rounding near zero."""
+FLUSH_TINY = 2.0**-126
+"""The absolute error of one operation that flushes denormals (vdpbf16ps: DAZ and FTZ)."""
 
 
 def relative_error(got, ref) -> float:
@@ -39,7 +41,19 @@ def gamma(n: int, u: float) -> float:
     return math.expm1(n * math.log1p(u))
 
 
-def error_bound(dtype: str = "float32", accumulate: str | None = None, terms: int = 0) -> tuple[float, float]:
+def arithmetic(accumulate: str | None, target: str = "cuda") -> tuple[str, float]:
+    """(the format the sums are kept in, the absolute error per term from flushing near zero) of a
+    mode on a target. GPUs' packed half keeps them in the half format (one HFMA2 per term); the
+    CPU's packed bfloat16 is vdpbf16ps: float32 sums of exact products of the bf16-rounded
+    weights, two roundings per instruction, denormals flushed (DAZ, FTZ)."""
+    acc = accumulate or "float32"
+    if target == "cpu" and acc != "float32":
+        return "float32", 2 * FLUSH_TINY
+    return acc, HALF_TINY.get(acc, 0.0)
+
+
+def error_bound(dtype: str = "float32", accumulate: str | None = None, terms: int = 0, *,
+                target: str = "cuda") -> tuple[float, float]:
     """(tol, tiny) with |C - C_exact| <= tol * S + tiny for every element of a kernel's output.
 
     The README's bound ("Half precision"; tests/helpers/half_model.py error_bound, checked
@@ -52,22 +66,23 @@ def error_bound(dtype: str = "float32", accumulate: str | None = None, terms: in
     g2 (S + g S), and the half store rounds once: u_out (S + that). Gathering every term over one S
     (S_AB <= S) gives tol = p + u_out (1 + p), p = g + g2 (1 + g), exactly the elementwise bound
     where there is no bias or residual and above it otherwise. A float32 store rounds nothing
-    (u_out 0)."""
-    acc = accumulate or "float32"
-    if dtype not in UNIT_ROUNDOFF or acc not in UNIT_ROUNDOFF:
+    (u_out 0). `target`: where the mode runs (arithmetic(): the CPU's packed bfloat16 sums in
+    float32, with a flush error per operation)."""
+    if dtype not in UNIT_ROUNDOFF or (accumulate or "float32") not in UNIT_ROUNDOFF:
         raise ValueError(f"dtype={dtype!r}, accumulate={accumulate!r}: expected one of {tuple(UNIT_ROUNDOFF)}")
+    acc, flush = arithmetic(accumulate, target)
     g = gamma(terms, UNIT_ROUNDOFF[acc])
     g2 = gamma(2, UNIT_ROUNDOFF["float32"])
     u_out = 0.0 if dtype == "float32" else UNIT_ROUNDOFF[dtype]
     p = g + g2 * (1 + g)
     tol = p + u_out * (1 + p)
-    tiny_acc = terms * HALF_TINY.get(acc, 0.0)  # packed half: each operation may flush near zero
+    tiny_acc = terms * flush  # packed: each operation may flush near zero
     tiny = HALF_TINY.get(dtype, 0.0) + (1 + g2) * (1 + u_out) * tiny_acc
     return tol, tiny
 
 
 def tolerance(dtype: str = "float32", accumulate: str | None = None, terms: int = 0, *,
-              s_max: float, c_max: float) -> float:
+              s_max: float, c_max: float, target: str = "cuda") -> float:
     """The largest relative_error a correct kernel of this mode can show on given inputs: float32
     kernels DEFAULT_RTOL (a fixed acceptance, as `sparsert check`); half precision from
     error_bound, in the normwise measure: max |C - C_exact| <= tol max S + tiny, over max |C_exact|
@@ -79,5 +94,5 @@ def tolerance(dtype: str = "float32", accumulate: str | None = None, terms: int 
     (NaN, inf, results far off) can be told from rounding."""
     if dtype == "float32" and accumulate in (None, "float32"):
         return DEFAULT_RTOL
-    tol, tiny = error_bound(dtype, accumulate, terms)
+    tol, tiny = error_bound(dtype, accumulate, terms, target=target)
     return (tol * s_max + tiny) / (c_max if c_max > 0 else 1.0)

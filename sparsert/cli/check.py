@@ -57,7 +57,7 @@ def _check_spmm(kernel, args, use_gpu: bool) -> tuple[str, float, float]:
     and rounded to the kernel's dtype, the float64 result of the weights and bias it holds."""
     w = as_weight(args.weight, tensor=args.tensor, seed=args.seed, values=args.values)
     s = kernel.schedule
-    opts = KernelOptions(n=kernel.n, relu=s.relu, dtype=s.dtype, accumulate=s.accumulate)
+    opts = KernelOptions(n=kernel.n, target=kernel.target, relu=s.relu, dtype=s.dtype, accumulate=s.accumulate)
     ref = Reference.build(w, opts, load_bias(args.bias, w.shape[0]), seed=args.seed + 1)
     got = _run(kernel, use_gpu, ref.b)
     where = "GPU" if use_gpu else _where_on_host(kernel)
@@ -83,5 +83,5 @@ def check_conv(kernel: ConvKernel, *, rng: np.random.Generator, use_gpu: bool) -
                              residual=None if r is None else np.abs(r))
     terms = int(np.diff(s.to_csr().indptr).max(initial=0)) + s.groups
     rtol = tolerance(s.dtype, s.accumulate, terms, s_max=float(np.max(scale, initial=0.0)),
-                     c_max=float(np.max(np.abs(ref), initial=0.0)))
+                     c_max=float(np.max(np.abs(ref), initial=0.0)), target=kernel.target)
     return where, relative_error(got, ref), rtol

@@ -43,6 +43,7 @@ class Reference:
     accumulate: str = "float32"
     magnitude: float = 0.0  # max over elements of S = |A| |B| + |bias| + |R| (the error bound's scale)
     row_nnz: int = 0  # most nonzeros in a row of the weights the kernel multiplies by
+    target: str = "cuda"  # where the mode's arithmetic runs (check.arithmetic)
 
     @classmethod
     def build(cls, weight, opts: KernelOptions, bias: np.ndarray | None, seed: int = 0) -> Reference:
@@ -61,7 +62,7 @@ class Reference:
         ref = spmm_reference(a, b, bias, residual=r, relu=opts.relu)
         scale = spmm_reference(abs(a), np.abs(b), None if bias is None else np.abs(bias),
                                residual=None if r is None else np.abs(r))
-        return cls(b=b, residual=r, expected=ref, dtype=dtype, accumulate=accumulate,
+        return cls(b=b, residual=r, expected=ref, dtype=dtype, accumulate=accumulate, target=opts.target,
                    magnitude=float(np.max(scale, initial=0.0)),
                    row_nnz=int(np.diff(a.tocsr().indptr).max(initial=0)))
 
@@ -69,7 +70,7 @@ class Reference:
         """The largest relative error a correct kernel whose `groups` thread groups split K can
         show on these inputs (check.tolerance: DEFAULT_RTOL in float32, the error bound in half)."""
         return tolerance(self.dtype, self.accumulate, self.row_nnz + groups, s_max=self.magnitude,
-                         c_max=float(np.max(np.abs(self.expected), initial=0.0)))
+                         c_max=float(np.max(np.abs(self.expected), initial=0.0)), target=self.target)
 
 
 Timer = Callable[..., float]  # (SparseKernel) -> microseconds per call

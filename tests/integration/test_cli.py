@@ -106,6 +106,20 @@ def test_check_half_kernels_against_their_mode_bound(dtype, tmp_path):
     assert proc.returncode == 1 and "FAIL" in proc.stdout
 
 
+@pytest.mark.binutils
+def test_check_a_vdpbf16ps_kernel_with_odd_n_says_what_it_needs():
+    """accumulate='bfloat16' on the CPU pairs rows of K, so an odd n compiles; without AVX512-BF16
+    the run is refused in one line naming the way out (never the GPU's even-n rule)."""
+    from sparsert.backends.cpu.isa import has_avx512_bf16
+
+    if has_avx512_bf16():
+        pytest.skip("this CPU runs vdpbf16ps")
+    proc = run("check", EXAMPLE, "--n", 63, "--target", "cpu", "--arch", "avx512", "--dtype", "bfloat16",
+               "--accumulate", "bfloat16")
+    assert_one_line_error(proc, "vdpbf16ps", "AVX512-BF16", "accumulate='float32'")
+    assert "even n" not in proc.stderr
+
+
 @pytest.mark.hipcc
 def test_hip_target_writes_a_code_object(tmp_path):
     proc = run("compile", EXAMPLE, "--n", 64, "--target", "hip", "--out", tmp_path)

@@ -179,26 +179,37 @@ def test_half_convolution_against_float64(dtype, geom):
     assert y.shape == ref.shape and (np.abs(y - ref) <= bound).all()
 
 
+# (vec, rows, epilogue, chunk): rows 7 leave the ReLU zero a register; None is the most rows (the
+# zero from memory, k-masks up to k(vec + 1)); bias or residual alone; several chunks
+AVX512_CASES = [(1, 7, {"relu": True, "residual": True, "bias": True}, None),
+                (2, 7, {"relu": True, "residual": True, "bias": True}, None),
+                (3, None, {"relu": True, "residual": True, "bias": False}, None),
+                (4, None, {"relu": False, "residual": False, "bias": True}, None),
+                (1, None, {"relu": True, "residual": True, "bias": True}, 16)]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("vec", [1, 2])
+@pytest.mark.parametrize("case", AVX512_CASES, ids=lambda c: f"v{c[0]}-r{c[1]}-{'-'.join(k for k, v in c[2].items() if v)}-c{c[3]}")
 @pytest.mark.parametrize("n", [5, 16, 23])
-def test_avx512_half_code_in_the_simulator(dtype, vec, n):
+def test_avx512_half_code_in_the_simulator(dtype, case, n):
     """AVX-512's half epilogue (vcvtps2ph / vpmovdw stores, masked widening loads) without an
     AVX-512 CPU: the simulator's half result is the rounded float32 result of the same schedule."""
+    vec, rows, epi, chunk = case
     a = random_csr(21, 19, 0.3, seed=11)
     rng = np.random.default_rng(n)
-    bias = round_to(rng.standard_normal(21).astype(np.float32), dtype)
+    bias = round_to(rng.standard_normal(21).astype(np.float32), dtype) if epi["bias"] else None
     B, R, _, Rh = _inputs(rng, 19, n, 21, dtype, scale=3.0)
     results = {}
     for dt in ("float32", dtype):
-        o = _opts(n, dt, arch="avx512", vec=vec, relu=True, residual=True, rows_per_block=7)
+        o = _opts(n, dt, arch="avx512", vec=vec, relu=epi["relu"], residual=epi["residual"], rows_per_block=rows)
         s = plan(sparsert.load_weight(a).matrix, o, parameters=parameters_for("avx512"), bias=bias,
                  weight_digest="t", max_slab_nnz=1 << 62)
         cfg = emit_config("avx512", s.rows_per_block, s.vec, n, dtype=dt)
         low = lower(s)
         asm = "".join(emit_parts(low, cfg, 1))
         results[dt] = simulate(asm, B, 21, width=cfg.width, tile=tile_floats(19, cfg.width),
-                               R=R if dt == "float32" else Rh, functions=len(group_blocks(low, cfg)), dtype=dt)
+                               R=None if not epi["residual"] else R if dt == "float32" else Rh,
+                               functions=len(group_blocks(low, cfg)), dtype=dt, chunk=chunk)
     want = half_bits(results["float32"], dtype).reshape(21, n)
     assert np.array_equal(_bits(results[dtype], dtype), want)
 
@@ -350,3 +361,115 @@ def test_vdpbf16ps_kernels_build_and_say_what_they_need():
     if not runnable("avx512"):
         with pytest.raises(OptionsError, match="vdpbf16ps kernels are AVX512-BF16 code and need arch='avx512'"):
             sparsert.compile(a, options=_opts(63, "bfloat16", accumulate="bfloat16", arch="avx2"))
+
+
+TIES = {  # (B bits, residual bits, the stored bits): A = [[1]], C = B + R rounds exactly at a tie
+    "bfloat16": ([0x3F80, 0x3F81, 0x3F80, 0xBF81], [0x3B80, 0x3B80, 0x3B00, 0xBB80], [0x3F80, 0x3F82, 0x3F80, 0xBF82]),
+    "float16": ([0x3C00, 0x3C01, 0x3C00, 0xBC01], [0x1000, 0x1000, 0x0C00, 0x9000], [0x3C00, 0x3C02, 0x3C00, 0xBC02]),
+}
+
+
+def _tie_operands(dtype, n):
+    b, r, want = (np.array(v * (n // 4), np.uint16) for v in TIES[dtype])
+    view = np.float16 if dtype == "float16" else np.uint16
+    return b.reshape(1, n).view(view), r.reshape(1, n).view(view), want.reshape(1, n)
+
+
+@pytest.mark.avx2
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [4, 8, 12, 36])
+def test_exact_ties_round_to_even_natively(dtype, n):
+    """Random data almost never lands on a tie: these do (1 + half an ulp, odd + half an ulp,
+    below half, negative), in full tiles and in the tail."""
+    kernel = sparsert.compile(sp.csr_matrix(np.ones((1, 1), np.float32)),
+                              options=_opts(n, dtype, arch="avx2", residual=True))
+    B, R, want = _tie_operands(dtype, n)
+    assert np.array_equal(np.asarray(kernel(B, residual=R)).view(np.uint16), want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [16, 20])
+def test_exact_ties_round_to_even_avx512_in_the_simulator(dtype, n):
+    s = plan(sparsert.load_weight(np.ones((1, 1), np.float32)).matrix, _opts(n, dtype, arch="avx512", residual=True),
+             parameters=parameters_for("avx512"), bias=None, weight_digest="t", max_slab_nnz=1 << 62)
+    cfg = emit_config("avx512", s.rows_per_block, s.vec, n, dtype=dtype)
+    low = lower(s)
+    B, R, want = _tie_operands(dtype, n)
+    C = simulate("".join(emit_parts(low, cfg, 1)), values(B, dtype).astype(np.float32), 1, width=cfg.width,
+                 tile=tile_floats(1, cfg.width), R=R, functions=len(group_blocks(low, cfg)), dtype=dtype)
+    assert np.array_equal(np.asarray(C).view(np.uint16), want)
+
+
+@pytest.mark.avx2
+def test_the_bfloat16_rounding_sequence_on_every_kind_of_float32(tmp_path):
+    """The AVX2 bfloat16 store's rounding (x86._narrow_avx2), assembled alone and run natively on
+    a million float32 patterns (random bits, every exponent's edges, ties, NaNs with payloads whose
+    rounding carry would overflow, infinities, max finite, subnormals): precision.half_bits."""
+    import ctypes
+
+    from sparsert.backends.cpu.x86 import EmitConfig, Regs, _narrow_avx2, constants
+    from sparsert.toolchain import binutils
+
+    if binutils.available() is not None:
+        pytest.skip(binutils.available())
+    cfg = EmitConfig(isa="avx2", v=1, rows=1, dtype="bfloat16")
+    rg = Regs(cfg)
+    acc = rg.acc[0][0]
+    body = "\n".join(_narrow_avx2(cfg, rg, acc))
+    text = f""".intel_syntax noprefix
+.text
+.globl round_bf16
+round_bf16:
+    xor rax, rax
+1:
+    cmp rax, rdx
+    jge 2f
+    vmovups {acc}, YMMWORD PTR [rdi+rax*4]
+{body}
+    vmovdqu XMMWORD PTR [rsi+rax*2], {'x' + rg.tmp[1:]}
+    add rax, 8
+    jmp 1b
+2:
+    vzeroupper
+    ret
+.section .rodata
+{constants(cfg)}
+.section .note.GNU-stack,"",@progbits
+"""
+    so = tmp_path / "round.so"
+    so.write_bytes(binutils.assemble_and_link([text], name="round_bf16").output)
+    fn = ctypes.CDLL(str(so)).round_bf16
+    rng = np.random.default_rng(0)
+    edges = [0, 0x80000000, 0x7F800000, 0xFF800000, 0x7F7FFFFF, 0xFF7FFFFF, 0x7F7F8000, 0x00000001, 0x807FFFFF,
+             0x7FC00000, 0xFFC00000, 0x7F80FFFF, 0x7FFFFFFF, 0xFFFFFFFF, 0x7FBF8000, 0x3F808000, 0x3F818000]
+    exps = (np.arange(256, dtype=np.uint32) << 23)[:, None] | np.array([0, 0x7FFF, 0x8000, 0x8001, 0x18000, 0x7FFFFF],
+                                                                       np.uint32)
+    bits = np.concatenate([np.array(edges, np.uint32), exps.ravel(), exps.ravel() | 0x80000000,
+                           rng.integers(0, 1 << 32, 1 << 20, dtype=np.uint64).astype(np.uint32)])
+    bits = np.ascontiguousarray(np.resize(bits, -(-len(bits) // 8) * 8))
+    out = np.zeros(len(bits), np.uint16)
+    fn(ctypes.c_void_p(bits.ctypes.data), ctypes.c_void_p(out.ctypes.data), ctypes.c_long(len(bits)))
+    want = half_bits(bits.view(np.float32), "bfloat16")
+    bad = np.flatnonzero(out != want)
+    assert not bad.size, f"{bad.size} differ, first {bits[bad[0]]:#010x}: got {out[bad[0]]:#06x}, want {want[bad[0]]:#06x}"
+
+
+@pytest.mark.avx2
+def test_foreign_byte_order_is_refused():
+    a = random_csr(8, 6, 0.5, seed=3)
+    for dtype, foreign in (("float32", ">f4"), ("float16", ">f2")):
+        kernel = sparsert.compile(a, options=_opts(5, dtype, arch="avx2"))
+        with pytest.raises(InputError, match="native byte order"):
+            kernel(np.zeros((6, 5), foreign))
+
+
+def test_the_cpu_packed_bfloat16_tolerance_is_the_float32_one():
+    """The tuner and `check` accept a vdpbf16ps kernel within float32 accumulation of its rounded
+    weights (plus flushed denormals), not the GPU's bfloat16-accumulation bound, which passes
+    anything at ~100 nonzeros a row."""
+    from sparsert.check import tolerance
+
+    cpu = tolerance("bfloat16", "bfloat16", 128, s_max=10.0, c_max=5.0, target="cpu")
+    gpu = tolerance("bfloat16", "bfloat16", 128, s_max=10.0, c_max=5.0)
+    acc32 = tolerance("bfloat16", "float32", 128, s_max=10.0, c_max=5.0)
+    assert gpu > 1 and acc32 <= cpu < 1.001 * acc32 < 0.02

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 
 from ...errors import InputError, ToolchainError
-from .isa import cpu_flags, has_avx512_bf16, runnable
+from .isa import cpu_flags, has_avx512_bf16, runnable, supported
 from .runtime import Job, run, threads_for
 from .x86 import tile_floats
 
@@ -65,8 +65,9 @@ def _address(x, what: str, shape: tuple[int, ...], dtype: str = "float32", *, wr
         return x.data_ptr(), x
     if not isinstance(x, np.ndarray):
         raise InputError(f"{what}: {type(x).__name__}; expected a NumPy array or a CPU torch tensor")
-    if x.dtype.name not in _NUMPY[dtype]:
-        raise InputError(f"{what}: dtype {x.dtype}; expected {_NUMPY_SAID[dtype]} (the kernel's dtype)")
+    if x.dtype.name not in _NUMPY[dtype] or not x.dtype.isnative:  # '>f4' is named float32 too
+        raise InputError(f"{what}: dtype {x.dtype.str if not x.dtype.isnative else x.dtype}; expected "
+                         f"{_NUMPY_SAID[dtype]} (the kernel's dtype) in native byte order")
     if x.shape != shape:
         raise InputError(f"{what}: shape {x.shape}; expected {shape}")
     if not x.flags.c_contiguous:
@@ -126,8 +127,9 @@ class CpuLauncher:
         self.schedule = s
         self.isa = kernel.arch
         if s.packed and not has_avx512_bf16():
-            raise ToolchainError("this kernel multiplies with vdpbf16ps (accumulate='bfloat16'), which needs "
-                                 "AVX512-BF16; this CPU lacks it: compile with accumulate='float32'")
+            also = "" if runnable("avx512") else f" and arch={(supported() or ('avx2',))[0]!r}"
+            raise ToolchainError(f"this kernel multiplies with vdpbf16ps (accumulate='bfloat16'), which needs "
+                                 f"AVX512-BF16; this CPU lacks it: compile with accumulate='float32'{also}")
         if not runnable(self.isa):
             raise ToolchainError(f"this kernel was compiled for {self.isa}, which this CPU does not run; "
                                  f"compile it with arch='avx2' (or SPARSERT_CPU_ISA=avx2)")
