@@ -166,3 +166,22 @@ def test_bad_inputs_exit_nonzero_with_one_line(tmp_path):
     for n in ("0", "-4", "x"):  # argparse rejects these before anything runs
         proc = run("compile", good, "--n", n)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--n" in proc.stderr
+
+
+@pytest.mark.avx2
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_bench_times_the_cpu_kernel_in_its_dtype(dtype, tmp_path):
+    """`sparsert bench --target cpu --dtype D`: the kernel on operands of its dtype, checked
+    against float64 within that dtype's bound, timed beside dense torch in the dtype (and float32)."""
+    pytest.importorskip("torch")
+    w = tmp_path / "w.npy"
+    rng = np.random.default_rng(3)
+    dense = rng.standard_normal((48, 64)).astype(np.float32)
+    dense[rng.random(dense.shape) < 0.9] = 0
+    np.save(w, dense)
+    proc = run("bench", w, "--n", 40, "--target", "cpu", "--dtype", dtype, "--threads", 1, "--runs", 3, "--relu")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"sparsert-cpu {dtype}" in proc.stdout and f"torch.mm {dtype}" in proc.stdout
+    err = float(proc.stdout.split("max relative error vs float64 ")[1].split()[0])
+    assert 0 < err < (1e-6 if dtype == "float32" else 2.0 ** -6)
+    assert ("torch.mm float32" in proc.stdout) and (("bound here" in proc.stdout) == (dtype != "float32"))
