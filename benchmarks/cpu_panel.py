@@ -1,4 +1,4 @@
-"""The CPU runtime's panel rule, A/B: whole-share panels against the L2-sized chunks it replaced.
+"""The CPU runtime's panel rule, A/B: whole panels against the L2-sized chunks it replaced (1 thread).
 
     python3 -m benchmarks.cpu_panel --threads 1 --rounds 25     # writes results/cpu-panel.{jsonl,md,png}
 
@@ -7,8 +7,8 @@ N(0, 1) values, fixed seed) one kernel is compiled, and called two ways in this 
 alternating call by call (the order flips every round), each call timed on its own, B cycled
 through enough copies (> 64 MB) that every call reads it cold:
 
-  whole  the launcher's rule (CpuLauncher.chunk_for): each thread packs its whole share of N at
-         once when that panel is <= WHOLE_PANEL_BYTES, else L2-sized chunks
+  whole  the launcher's rule (CpuLauncher.chunk_for): one thread packs all of N at once when
+         that panel is <= WHOLE_PANEL_BYTES, else L2-sized chunks (several threads: chunks)
   chunks the rule before (pinned through KernelOptions.chunk, which changes no code): chunks of
          max(16 tiles, 256 KiB / (4 K)) columns, halved while there are fewer than 4 items
 
@@ -83,7 +83,7 @@ def run_problem(row: dict, threads: int, rounds: int, rng) -> dict:
 
 
 def write_md(records: list[dict], path: Path, command: str) -> None:
-    lines = ["# CPU panel rule: whole-share panels vs L2-sized chunks (A/B)", "",
+    lines = ["# CPU panel rule: whole panels vs L2-sized chunks (A/B)", "",
              (f"`{command}`. Same kernel, called both ways alternately (benchmarks/cpu_panel.py docstring); "
               f"ratio = chunks' median / whole's (> 1: the whole panel is faster). WHOLE_PANEL_BYTES = "
               f"{WHOLE_PANEL_BYTES >> 20} MiB. Load average (1 min) per problem in the last column."), ""]
@@ -116,7 +116,7 @@ def plot(records: list[dict], path: Path) -> None:
     ax.bar(range(len(rs)), [r["ratio"] for r in rs], color=["tab:blue" if r["ratio"] >= 1 else "tab:red" for r in rs])
     ax.axhline(1, color="k", lw=0.8)
     ax.set_xticks(range(len(rs)), [r["problem"] for r in rs], rotation=90, fontsize=7)
-    ax.set_ylabel("speedup of whole-share panels")
+    ax.set_ylabel("speedup of whole panels")
     ax.set_title(f"CPU panel rule A/B, {rs[0]['threads']} thread(s): old chunk time / new time (median)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

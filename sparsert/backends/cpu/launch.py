@@ -20,11 +20,13 @@ PANEL_BYTES = 256 * 1024
 # ...but at least this many tiles, so each call of a block's code sweeps enough tiles to pay for
 # bringing that code in (K = 2048, N = 256: 16 tiles beat the 4 the budget allows by 37%).
 MIN_TILES = 16
-# Up to this much packed B, each thread packs its whole share of N at once instead: B is then read
-# in whole rows, one sequential stream, where chunks read it in short runs per row (the pack of a
-# cold B was most of a memory-bound call: `perf` on 64x256x3136 at 90%, pack 36% of samples, the
-# kernels 18%). Measured (1 thread, interleaved, B cold): 1.06-1.33x at panels of 0.8-6.4 MB; 0.69x
-# and 0.63x at 12.8 and 25 MB, where the L2-sized chunks win.
+# Up to this much packed B, one thread packs all of N at once instead: B is then read in whole
+# rows, one sequential stream, where chunks read it in short runs per row (the pack of a cold B was
+# most of a memory-bound call: `perf` on 64x256x3136 at 90%, pack 36% of samples, the kernels 18%).
+# Measured (1 thread, interleaved, B cold): 1.06-1.33x at panels of 0.8-6.4 MB; 0.69x and 0.63x at
+# 12.8 and 25 MB, where the L2-sized chunks win. Several threads keep the chunks: they take work
+# segments in turn, so with one chunk per thread each would pack (nearly) all of B, and 2-thread
+# timings on the shared development machine are not facts (benchmarks/results/cpu-summary.md).
 WHOLE_PANEL_BYTES = 6 << 20
 
 
@@ -149,9 +151,8 @@ class CpuLauncher:
         if s.chunk is not None:  # the caller's (KernelOptions.chunk, a multiple of w): as given
             return min(-(-s.chunk // w) * w, -(-s.n // w) * w)
         n_pad = -(-s.n // w) * w
-        share = -(-n_pad // (threads * w)) * w  # each thread's columns (threads pack apart)
-        if 4 * s.k * share <= WHOLE_PANEL_BYTES:
-            chunk = share
+        if threads == 1 and 4 * s.k * n_pad <= WHOLE_PANEL_BYTES:
+            chunk = n_pad
         else:
             chunk = max(MIN_TILES * w, (PANEL_BYTES // (4 * max(1, s.k))) // w * w)
         chunk = min(chunk, n_pad)
