@@ -102,6 +102,21 @@ def _schedule_line(summary: dict) -> str:
             f"{s['shared_bytes']} B shared")
 
 
+def _precision_line(summary: dict) -> list[str]:
+    """Half kernels only (float32 summaries print as before)."""
+    s = summary["schedule"]
+    if "dtype" not in s:
+        return []
+    acc = s.get("accumulate", "float32")
+    if acc == "float32":
+        how = "float32 arithmetic, one rounding at the store"
+    elif summary["target"] == "cpu":
+        how = "vdpbf16ps: weights rounded to bfloat16, float32 sums"
+    else:
+        how = f"packed {acc} (HFMA2): weights rounded to {acc}"
+    return [f"  precision: {s['dtype']} B, C, bias, residual; {how}"]
+
+
 def summary_lines(summary: dict, sass=None) -> list[str]:
     s, st = summary["schedule"], summary["stats"]
     sparsity = 1 - s["nnz"] / max(1, s["M"] * s["K"])
@@ -111,6 +126,7 @@ def summary_lines(summary: dict, sass=None) -> list[str]:
         _schedule_line(summary),
         f"  epilogue: bias={'yes' if s['bias'] else 'no'} relu={'yes' if s['relu'] else 'no'} "
         f"residual={'yes' if s['residual'] else 'no'}",
+        *_precision_line(summary),
         f"  code: {s['slabs']} slab(s), {summary.get('backend', 'source')} source {st['source_bytes']:,} B, "
         f"binary {st['binary_bytes']:,} B, "
         f"registers {st['registers'] if st['registers'] is not None else 'n/a'}, spills "

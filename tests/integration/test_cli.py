@@ -99,6 +99,7 @@ def test_check_half_kernels_against_their_mode_bound(dtype, tmp_path):
             proc = run("check", *args, "--target", target, "--dtype", dtype, "--relu")
             assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stdout + proc.stderr
             assert f"the bound of {dtype} / accumulate=float32" in proc.stdout
+            assert f"precision: {dtype} B, C, bias, residual; float32 arithmetic" in proc.stdout
             err = float(proc.stdout.split("max relative error ")[1].split()[0])
             tol = float(proc.stdout.split("(tolerance ")[1].split(",")[0])
             assert 0 < err < tol < 20 * (2.0 ** -11 if dtype == "float16" else 2.0 ** -8)
