@@ -49,11 +49,16 @@ class Layout:
     conv: ConvGeometry | None = None
 
 
-def plan_with(backend, matrix, options: KernelOptions, *, bias: np.ndarray | None, weight_digest: str,
-              layout: Layout = Layout()) -> Schedule:
-    why = backend.supports(options, layout.conv)
+def check_supported(backend, options: KernelOptions, conv=None) -> None:
+    """OptionsError naming why `backend` cannot build a kernel of these options (or nothing)."""
+    why = backend.supports(options, conv)
     if why is not None:
         raise OptionsError(f"the {backend.name} backend cannot build this kernel ({why})")
+
+
+def plan_with(backend, matrix, options: KernelOptions, *, bias: np.ndarray | None, weight_digest: str,
+              layout: Layout = Layout()) -> Schedule:
+    check_supported(backend, options, layout.conv)
     limit = options.max_nnz or settings().max_nnz
     if matrix.nnz > limit:
         raise OptionsError(

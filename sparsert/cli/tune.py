@@ -18,7 +18,6 @@ from ..pipeline import resolve_arch
 from ..tune import (
     DEFAULT_BUDGET,
     SCHEDULE_FIELDS,
-    TuneStep,
     load_stored,
     tune_key,
     tune_path,
@@ -77,18 +76,13 @@ def tune_main(args) -> int:
     opts = KernelOptions(n=args.n, arch=resolve_arch("cuda", args.arch), relu=args.relu, dtype=args.dtype,
                          accumulate=args.accumulate)
     key = tune_key(w.digest(), opts, bias=args.bias is not None)
-    m, k = w.shape
-    print(f"{w.name}: {m} x {k}, {w.nnz} nonzeros ({100 * w.sparsity:.1f}% sparse), "
-          f"n={opts.n}, {opts.arch}{_precision(opts)}", file=sys.stderr)
+    _header(w, opts)
     stored = None if args.force else load_stored(key, opts)
     if stored is not None:
         best, entry = stored
         print(f"stored tuning reused (no timing): {tune_path(key)}", file=sys.stderr)
     else:
-        def progress(i: int, total: int, step: TuneStep) -> None:
-            print(f"  [{i}/{total}] {step.line()}", file=sys.stderr, flush=True)
-
-        best = tuned_options(w, opts, bias=args.bias, progress=progress, budget=args.budget,
+        best = tuned_options(w, opts, bias=args.bias, progress=_progress, budget=args.budget,
                              force=True, rtol=args.rtol, compile_fn=compile_kernel)
         entry = json.loads(tune_path(key).read_text())
         print(f"stored: {tune_path(key)}", file=sys.stderr)
@@ -102,6 +96,17 @@ def tune_main(args) -> int:
     return 0
 
 
+def _header(w, opts: KernelOptions, tail: str = "") -> None:
+    m, k = w.shape
+    print(f"{w.name}: {m} x {k}, {w.nnz} nonzeros ({100 * w.sparsity:.1f}% sparse), "
+          f"n={opts.n}, {opts.arch}{_precision(opts)}{tail}", file=sys.stderr)
+
+
+def _progress(i: int, total: int, step) -> None:
+    """A search's progress callback (TuneStep or CpuTuneStep): one line per candidate."""
+    print(f"  [{i}/{total}] {step.line()}", file=sys.stderr, flush=True)
+
+
 def _precision(opts: KernelOptions) -> str:
     if opts.dtype == "float32" and not opts.packed:
         return ""
@@ -113,18 +118,13 @@ def _tune_cpu(args, w) -> int:
     opts = KernelOptions(n=args.n, target="cpu", arch=resolve_arch("cpu", args.arch), relu=args.relu,
                          dtype=args.dtype, accumulate=args.accumulate)
     key = cpu_tune_key(w.digest(), opts, bias=args.bias is not None, threads=threads)
-    m, k = w.shape
-    print(f"{w.name}: {m} x {k}, {w.nnz} nonzeros ({100 * w.sparsity:.1f}% sparse), "
-          f"n={opts.n}, {opts.arch}{_precision(opts)}, {threads} thread{'s' * (threads > 1)}", file=sys.stderr)
+    _header(w, opts, f", {threads} thread{'s' * (threads > 1)}")
     stored = None if args.force else load_cpu_stored(key, opts)
     if stored is not None:
         best, entry = stored
         print(f"stored tuning reused (no timing): {tune_path(key)}", file=sys.stderr)
     else:
-        def progress(i: int, total: int, step) -> None:
-            print(f"  [{i}/{total}] {step.line()}", file=sys.stderr, flush=True)
-
-        best = tuned_cpu_options(w, opts, bias=args.bias, threads=threads, progress=progress,
+        best = tuned_cpu_options(w, opts, bias=args.bias, threads=threads, progress=_progress,
                                  budget=args.budget, force=True, compile_fn=compile_kernel,
                                  rtol=args.rtol)
         entry = json.loads(tune_path(key).read_text())

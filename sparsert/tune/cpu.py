@@ -52,7 +52,7 @@ from ..choices import CPU_BROADCASTS, CPU_VECTORS
 from ..errors import CompileError, OptionsError, ToolchainError
 from ..frontend.weights import as_weight, load_bias
 from ..options import KernelOptions
-from ..pipeline import resolve_arch
+from ..pipeline import check_supported, resolve_arch
 from ..version import __version__
 from .measure import Reference
 from .operands import host_array, host_values
@@ -306,9 +306,7 @@ def tuned_cpu_options(weight, options: KernelOptions, *, bias=None, threads: int
     w = as_weight(weight)
     if options.arch is None:
         options = replace(options, arch=resolve_arch("cpu", None))
-    why = CpuBackend().supports(options, None)  # before any search: every candidate would fail alike
-    if why is not None:
-        raise OptionsError(f"the cpu backend cannot build this kernel ({why})")
+    check_supported(CpuBackend(), options)  # before any search: every candidate would fail alike
     threads = threads_for(threads)
     key = cpu_tune_key(w.digest(), options, bias=bias is not None, threads=threads)
     if not force:
